@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpus preparation and grain pipelines per stage. Knows nothing of the model."""

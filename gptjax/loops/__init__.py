@@ -1,0 +1,1 @@
+"""One short loop per stage: `run(config, workdir)`, importable from Colab."""

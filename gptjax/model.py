@@ -1,0 +1,244 @@
+"""GPT: a decoder-only transformer as in GPT-2 (and the GPT-3 options), written in Flax linen.
+
+Shapes in comments: B batch, T sequence, C model width, H heads, D head width (C = H * D),
+V padded vocabulary. Parameters and block-boundary activations carry logical axis names from
+`gptjax.axes`; which mesh axis each name lands on is decided by the config, never here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gptjax import axes
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Model hyper-parameters (the `model` section of a gptjax config)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # longest sequence the position embedding covers
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2: True)
+    ln_eps: float = 1e-5
+    vocab_multiple: int = 128  # pad the embedding rows to a multiple of this (MXU/tensor cores)
+    local_window: int = 0  # GPT-3 option: > 0 makes every odd layer banded with this window
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    remat: bool = False  # recompute each block in the backward pass (saves activation memory)
+    attention: str = "auto"  # 'auto' | 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'reference'
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def window(self, layer: int) -> int:
+        """Attention window of a layer: 0 (dense) or the band width for GPT-3's sparse layers."""
+        return self.local_window if self.local_window and layer % 2 == 1 else 0
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count (without the padding rows); minus the position table if asked (nanoGPT)."""
+        c, l, f = self.n_embd, self.n_layer, 4 * self.n_embd
+        b = 1 if self.bias else 0
+        per_block = (2 * c * (1 + b)  # two LayerNorms
+                     + c * 3 * c + 3 * c * b + c * c + c * b  # attention
+                     + c * f + f * b + f * c + c * b)  # MLP
+        n = self.vocab_size * c + self.block_size * c + l * per_block + c * (1 + b)
+        return n - self.block_size * c if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token with the causal attention count (llm.c): 6N + 6*L*T*C."""
+        return 6 * self.num_params() + 6 * self.n_layer * seq_len * self.n_embd
+
+
+def _init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+def _param_dtype_kwargs(cfg: GPTConfig) -> dict[str, Any]:
+    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.ln_eps, use_bias=cfg.bias, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)),
+        **_param_dtype_kwargs(cfg))
+
+
+def reference_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Attention with an explicit boolean mask (B|1, 1, T, T); the path tests compare against."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    att = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, T, T)
+    att = jnp.where(mask, att, jnp.finfo(jnp.float32).min)
+    att = jax.nn.softmax(att, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", att, v)  # (B, T, H, D)
+
+
+def attention_mask(seq_len: int, window: int = 0, segment_ids: Array | None = None) -> Array:
+    """Boolean (B|1, 1, T, T) mask: causal, banded to `window` keys if > 0, within one segment."""
+    i = jnp.arange(seq_len)[:, None]
+    j = jnp.arange(seq_len)[None, :]
+    mask = j <= i
+    if window:
+        mask &= i - j < window
+    mask = mask[None, None]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    return mask
+
+
+class Linear(nn.Module):
+    """y = x . W + b, contracting the last `n_in` dims of x with the leading dims of W.
+
+    The kernel has shape in_shape + out_shape and the logical names `names` (one per dim);
+    written out (not nn.DenseGeneral) so multi-dim kernels keep their logical names at init.
+    """
+
+    out_shape: tuple[int, ...]
+    names: tuple[str | None, ...]
+    n_in: int = 1
+    std: float = 0.02
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_shape = x.shape[x.ndim - self.n_in:]
+        kernel = self.param("kernel", nn.with_logical_partitioning(_init(self.std), self.names),
+                            in_shape + tuple(self.out_shape), jnp.float32)
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros, self.names[self.n_in:]), tuple(self.out_shape), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: GPTConfig
+    window: int = 0
+
+    @nn.compact
+    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool) -> Array:
+        cfg = self.cfg
+        h, d = cfg.n_head, cfg.head_dim
+        std_out = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: scale the residual projections
+        dt = jnp.dtype(cfg.dtype)
+        qkv = Linear((3, h, d), (axes.EMBED, axes.QKV, axes.HEADS, axes.HEAD_DIM),
+                     use_bias=cfg.bias, dtype=dt, name="c_attn")(x)  # (B, T, 3, H, D)
+        qkv = nn.with_logical_constraint(
+            qkv, (axes.BATCH, axes.SEQ, None, axes.ACT_HEADS, None))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, T, H, D)
+        t = x.shape[1]
+        if cfg.attention == "reference":
+            y = reference_attention(q, k, v, attention_mask(t, self.window, segment_ids))
+        else:
+            mask = None
+            if segment_ids is not None:
+                mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+            impl = None if cfg.attention == "auto" else cfg.attention
+            y = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=True, implementation=impl,
+                local_window_size=(self.window - 1, 0) if self.window else None)
+        y = nn.with_logical_constraint(y, (axes.BATCH, axes.SEQ, axes.ACT_HEADS, None))
+        y = Linear((cfg.n_embd,), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), n_in=2, std=std_out,
+                   use_bias=cfg.bias, dtype=dt, name="c_proj")(y)  # (B, T, C)
+        return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        cfg = self.cfg
+        std_out = 0.02 / math.sqrt(2 * cfg.n_layer)
+        dt = jnp.dtype(cfg.dtype)
+        x = Linear((4 * cfg.n_embd,), (axes.EMBED, axes.MLP), use_bias=cfg.bias, dtype=dt,
+                   name="c_fc")(x)  # (B, T, 4C)
+        x = nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_MLP))
+        x = jax.nn.gelu(x, approximate=True)  # GPT-2's tanh GELU
+        x = Linear((cfg.n_embd,), (axes.MLP, axes.EMBED), std=std_out, use_bias=cfg.bias,
+                   dtype=dt, name="c_proj")(x)  # (B, T, C)
+        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    cfg: GPTConfig
+    window: int = 0
+
+    @nn.compact
+    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool) -> Array:
+        x = x + CausalSelfAttention(self.cfg, self.window, name="attn")(
+            _layer_norm(self.cfg, "ln_1")(x), segment_ids, deterministic)
+        x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), deterministic)
+        return nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_EMBED))
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) -> logits (B, T, V) over the padded vocabulary, padding rows masked."""
+
+    cfg: GPTConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.wte = nn.Embed(
+            cfg.padded_vocab_size, cfg.n_embd, name="wte",
+            embedding_init=nn.with_logical_partitioning(_init(0.02), (axes.VOCAB, axes.EMBED)),
+            **_param_dtype_kwargs(cfg))
+        self.wpe = nn.Embed(
+            cfg.block_size, cfg.n_embd, name="wpe",
+            embedding_init=nn.with_logical_partitioning(_init(0.02), (axes.POS, axes.EMBED)),
+            **_param_dtype_kwargs(cfg))
+        self.drop = nn.Dropout(cfg.dropout)
+        block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+        self.blocks = [block(cfg, cfg.window(i), name=f"h_{i}") for i in range(cfg.n_layer)]
+        self.ln_f = _layer_norm(cfg, "ln_f")
+
+    def hidden(self, tokens: Array, positions: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True) -> Array:
+        """The trunk: final-LayerNorm hidden states (B, T, C); reused by the reward model."""
+        t = tokens.shape[1]
+        if positions is None:
+            positions = jnp.arange(t)[None]  # (1, T)
+        x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
+        x = self.drop(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_EMBED))
+        for block in self.blocks:
+            x = block(x, segment_ids, deterministic)
+        return self.ln_f(x)
+
+    def __call__(self, tokens: Array, positions: Array | None = None,
+                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
+        x = self.hidden(tokens, positions, segment_ids, deterministic)
+        logits = self.wte.attend(x)  # tied output embedding: (B, T, V)
+        logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.SEQ, axes.ACT_VOCAB))
+        return mask_padded_logits(logits, self.cfg.vocab_size)
+
+
+def mask_padded_logits(logits: Array, vocab_size: int) -> Array:
+    """Send the padding columns of the vocabulary to -inf so they are never sampled or scored."""
+    if logits.shape[-1] == vocab_size:
+        return logits
+    valid = jnp.arange(logits.shape[-1]) < vocab_size
+    return jnp.where(valid, logits, jnp.finfo(logits.dtype).min)

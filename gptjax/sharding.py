@@ -1,0 +1,108 @@
+"""The only place that builds device meshes and maps logical axis names to mesh axes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from gptjax import axes
+from gptjax.errors import GptjaxError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+
+def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """{'data': d, 'fsdp': f, 'tensor': t} with at most one -1 -> concrete sizes for the devices."""
+    sizes = [int(shape[a]) for a in MESH_AXES]
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    bad = [f"{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
+    if bad or len(free) > 1:
+        raise GptjaxError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} is invalid: each of mesh.data, mesh.fsdp, "
+            "mesh.tensor must be a positive integer and at most one may be -1 ('all the rest'). "
+            "Fix the config, e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if free:
+        if num_devices % fixed:
+            raise GptjaxError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: the fixed "
+                f"axes multiply to {fixed}, which does not divide {num_devices}. Choose sizes "
+                f"whose product divides {num_devices}.")
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise GptjaxError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {fixed} devices but {num_devices} are "
+            "available. Make data*fsdp*tensor equal the device count, or set one axis to -1.")
+    return tuple(sizes)
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over all devices (of every process) or the given ones."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(shape, len(devices))
+    if devices == list(jax.devices()):
+        # Topology-aware placement (ICI/NVLink neighbours on the fast axes) when using them all.
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                             devices=devices)
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+
+
+def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
+    """Config rules (list of [logical, mesh axis | [mesh axes] | None]) -> flax rules tuple."""
+    out = []
+    for logical, physical in rules:
+        if isinstance(physical, (list, tuple)):
+            physical = tuple(physical)
+            unknown = [p for p in physical if p not in MESH_AXES]
+        else:
+            unknown = [] if physical is None or physical in MESH_AXES else [physical]
+        if unknown:
+            raise GptjaxError(f"sharding rule {logical!r} -> {physical!r} names unknown mesh "
+                              f"axes {unknown}; mesh axes are {MESH_AXES}")
+        out.append((str(logical), physical))
+    return tuple(out)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a pytree whose leaves are (abstract) flax `Partitioned` boxes."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+
+
+def batch_axes(rules: Rules) -> Any:
+    """The mesh axes the batch dimension is split over, per the rules."""
+    for logical, physical in rules:
+        if logical == axes.BATCH:
+            return physical
+    return None
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+    """Sharding of a (B, ...) host batch: B over the batch axes, the rest replicated."""
+    return NamedSharding(mesh, P(batch_axes(rules), *([None] * (ndim - 1))))
+
+
+def batch_divisor(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the batch dimension is split: the product of its mesh axes' sizes."""
+    ax = batch_axes(rules)
+    if ax is None:
+        return 1
+    ax = (ax,) if isinstance(ax, str) else ax
+    return math.prod(mesh.shape[a] for a in ax)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Assemble a global array from this process's rows (each process passes its own slice)."""
+    return jax.make_array_from_process_local_data(sharding, local)

@@ -1,0 +1,130 @@
+"""Train state born sharded, and the one jitted `train_step(state, batch) -> (state, metrics)`.
+
+Shared by every stage that trains a network: a stage supplies its loss function
+`loss_fn(params, batch, rng) -> (loss, aux_metrics)`; nothing here knows about LM batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gptjax import sharding
+
+LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+
+
+@contextlib.contextmanager
+def activated(mesh: Mesh, rules: sharding.Rules):
+    """Mesh + logical rules in scope, so the model's activation constraints bind while tracing."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        yield
+
+
+def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                 rng: jax.Array, mesh: Mesh, rules: sharding.Rules):
+    """How the train state is laid out: (jitted init that builds it sharded, abstract state).
+
+    The state is born sharded (eval_shape -> shardings -> jit(init, out_shardings)), never
+    materialised on one device first. `init_params(rng)` returns parameters boxed with logical
+    axis names (flax Partitioned); the optimizer moments inherit the boxes, so one pass of the
+    rules shards parameters and moments alike. The abstract state (ShapeDtypeStructs with their
+    shardings) is what a checkpoint is restored into.
+    """
+    def init(rng):
+        params = init_params(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    with activated(mesh, rules):
+        boxed = jax.eval_shape(init, rng)
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            nn.unbox(boxed), shardings)
+    make = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
+    return make, abstract
+
+
+def shardings_of(abstract: Any) -> Any:
+    return jax.tree.map(lambda s: s.sharding, abstract)
+
+
+def _split_micro(x: jax.Array, n: int, mesh: Mesh, rules: sharding.Rules) -> jax.Array:
+    """(B, ...) -> (n, B/n, ...) taking rows with stride n, so every micro-batch stays spread over
+    the batch-sharded devices instead of living on 1/n of them."""
+    y = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, sharding.batch_axes(rules), *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    seed: int, grad_accum: int, mesh: Mesh, rules: sharding.Rules):
+    """The pure step. Gradients of `grad_accum` micro-batches are averaged in a lax.scan, so one
+    call is one optimizer step whatever the accumulation. Dropout keys: fold(seed, step, micro)."""
+    base_key = jax.random.key(seed)
+
+    def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(base_key, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if grad_accum == 1:
+            (loss, aux), grads = grad_fn(state.params, batch, key)
+        else:
+            micro = jax.tree.map(lambda x: _split_micro(x, grad_accum, mesh, rules), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                (l, a), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+                acc_g, acc_l, acc_a = carry
+                return (jax.tree.map(jnp.add, acc_g, g), acc_l + l,
+                        jax.tree.map(jnp.add, acc_a, a)), None
+
+            (_, aux_shape), _ = jax.eval_shape(
+                grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), key)
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
+                     jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape))
+            (grads, loss, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
+            loss, aux = loss / grad_accum, jax.tree.map(lambda a: a / grad_accum, aux)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state.step), **aux}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step_fn
+
+
+def jit_train_step(step_fn, state_shardings: Any, batch_shardings: Any, mesh: Mesh):
+    """jit with explicit shardings; the old state's buffers are donated to the new one."""
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def jit_eval_step(loss_fn: LossFn, param_shardings: Any, batch_shardings: Any, mesh: Mesh):
+    """Forward-only loss of a batch (no dropout): params, batch -> loss."""
+    def eval_fn(params, batch):
+        loss, _ = loss_fn(params, batch, None)
+        return loss
+    return jax.jit(eval_fn, in_shardings=(param_shardings, batch_shardings),
+                   out_shardings=sharding.replicated(mesh))
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One boolean: every leaf of the tree is free of NaN and inf."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
