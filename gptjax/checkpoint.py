@@ -64,13 +64,19 @@ class Checkpointer:
         """Restore into the given abstract state (shapes + shardings); the iterator in place."""
         self.check_compatible(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
+        # A checkpoint written by another tool (e.g. convert) may hold no data position: the
+        # iterator then starts from the beginning.
+        if data_iter is not None and os.path.isdir(self._item_dir(step, "data")):
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
             raise _corrupt(self.directory, step, e) from None
         return restored["state"]
+
+    def _item_dir(self, step: int, item: str) -> str:
+        path = ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(), step=step)
+        return os.path.join(str(path), item)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -82,7 +88,7 @@ class Checkpointer:
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-    return {jax.tree_util.keystr(p): tuple(np.shape(x) if not hasattr(x, "shape") else x.shape)
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(np.shape(x) if not hasattr(x, "shape") else x.shape)
             for p, x in flat}
 
 
@@ -91,3 +97,47 @@ def _corrupt(directory: str, step: int, err: Exception) -> GptjaxError:
         f"the checkpoint at step {step} in {directory} could not be read ({type(err).__name__}: "
         f"{str(err)[:300]}). Nothing was deleted: move that step's folder aside to resume from "
         "the previous checkpoint, or start a new --workdir.")
+
+
+def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[int, Any]:
+    """(step, the `params` of a saved train state as host numpy arrays); `step` None = latest.
+
+    For export and inference: an orbax partial restore reads the parameter arrays only, never
+    the optimizer moments (twice the parameters' size). `abstract_params` gives the tree, shapes
+    and dtypes; a checkpoint of another model shape raises a GptjaxError naming the mismatch.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise GptjaxError(f"{workdir} has no checkpoints folder ({directory}); pass the --workdir "
+                          "of a gptjax run that saved a checkpoint.")
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise GptjaxError(f"{directory} holds no finished checkpoint yet; train until one is "
+                              "saved (train.checkpoint_every) or pass another --workdir.")
+        try:
+            meta = ckpt.manager.item_metadata(step)["state"]
+        except Exception as e:  # orbax raises many types for unreadable metadata
+            raise _corrupt(directory, step, e) from None
+    finally:
+        ckpt.close()
+    saved = _shapes(meta["params"]) if meta is not None and "params" in meta else None
+    wanted = _shapes(abstract_params)
+    if saved is not None and saved != wanted:
+        diff = sorted(p for p in set(saved) | set(wanted) if saved.get(p) != wanted.get(p))[:3]
+        raise GptjaxError(
+            f"the checkpoint in {directory} (step {step}) belongs to a different model: "
+            + ", ".join(f"{p} is {saved.get(p)} there but {wanted.get(p)} in the config"
+                        for p in diff) + ". Check the workdir's config.json.")
+    path = ocp.step.find_step_path(directory, ocp.step.standard_name_format(), step=step)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                abstract_params)
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path / "state", args=ocp.args.PyTreeRestore(
+                item={"params": abstract_params}, restore_args={"params": restore_args},
+                partial_restore=True))
+    except Exception as e:
+        raise _corrupt(directory, step, e) from None
+    return step, restored["params"]

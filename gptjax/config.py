@@ -56,6 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay_mask = "matrices"
     c.optim.grad_clip = 1.0
 
+    c.runtime = ml_collections.ConfigDict()
+    # CPU only: 0 = XLA's single host device; -1 = one device per core (fitted to the batch),
+    # which makes small models ~1.5x faster when run data-parallel; n = exactly n devices.
+    c.runtime.cpu_devices = 0
+
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)

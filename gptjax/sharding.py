@@ -85,9 +85,10 @@ def batch_axes(rules: Rules) -> Any:
     return None
 
 
-def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-    """Sharding of a (B, ...) host batch: B over the batch axes, the rest replicated."""
-    return NamedSharding(mesh, P(batch_axes(rules), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, rules: Rules, leading: int = 0) -> NamedSharding:
+    """Sharding of a (..., B, ...) batch with `leading` unsharded dims before B (e.g. a stack of
+    batches): B over the batch axes, everything else replicated."""
+    return NamedSharding(mesh, P(*([None] * leading), batch_axes(rules)))
 
 
 def batch_divisor(mesh: Mesh, rules: Rules) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from gptjax import runtime
 from gptjax.cli import config_from_argv, exit_on_user_error
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "
@@ -15,6 +16,8 @@ USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ..
 
 def run(config, workdir: str):
     """Run the stage the config names (callable from a notebook)."""
+    runtime.configure_cpu_devices(config.runtime.cpu_devices,
+                                  config.train.batch_size // max(config.train.grad_accum, 1))
     if config.stage == "pretrain":
         from gptjax.loops import pretrain
         return pretrain.run(config, workdir)

@@ -65,7 +65,24 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+@dataclasses.dataclass
+class Pieces:
+    """Everything a pretraining run compiles, built from the config alone (no data, no workdir);
+    benchmarks and notebooks use it to drive the real train step."""
+
+    model: GPT
+    mesh: Any
+    rules: Any
+    tx: Any
+    make_state: Any  # rng -> sharded TrainState (jitted)
+    abstract: Any  # abstract TrainState with shardings
+    batch_sharding: Any
+    train_step: Any  # jitted (state, tokens (B, T+1)) -> (state, metrics); donates state
+    eval_step: Any  # jitted (params, stacked tokens (n, B, T+1)) -> mean loss
+    seq_len: int
+
+
+def build(config: ml_collections.ConfigDict) -> Pieces:
     config_lib.validate(config)
     mcfg = config_lib.model_config(config)
     seq_len = config_lib.seq_len(config)
@@ -80,9 +97,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
             f"{micro_batch} per micro-step) does not divide over the {ways} data-parallel "
             f"devices of mesh {dict(mesh.shape)}. Make train.batch_size a multiple of "
             f"{ways * tcfg.grad_accum}.")
+    model = GPT(mcfg)
+    tx = make_optimizer(config.optim)
+    make_state, abstract = step_lib.state_layout(
+        lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        tx, jax.random.key(config.seed), mesh, rules)
+    shardings = step_lib.shardings_of(abstract)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    loss_fn = lm_loss_fn(model, dropout=mcfg.dropout > 0)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(loss_fn, tx, lr_schedule(config.optim), config.seed,
+                                 tcfg.grad_accum, mesh, rules),
+        shardings, batch_sharding, mesh)
+    eval_step = step_lib.jit_eval_step(loss_fn, shardings.params, mesh, rules)
+    return Pieces(model, mesh, rules, tx, make_state, abstract, batch_sharding, train_step,
+                  eval_step, seq_len)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+    p = build(config)
+    mcfg, seq_len, tcfg = p.model.cfg, p.seq_len, config.train
+    mesh, rules, batch_sharding = p.mesh, p.rules, p.batch_sharding
+    train_step, eval_step = p.train_step, p.eval_step
     is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-
     splits = lm_data.prepare_char_corpus(
         config.data.text_path, os.path.join(workdir, "data"), config.data.val_fraction)
     if splits.tokenizer.vocab_size > mcfg.vocab_size:
@@ -94,36 +132,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
 
-    model = GPT(mcfg)
-    tx = make_optimizer(config.optim)
-    schedule = lr_schedule(config.optim)
-    rng = jax.random.key(config.seed)
-    make_state, abstract = step_lib.state_layout(
-        lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
-        tx, rng, mesh, rules)
-    shardings = step_lib.shardings_of(abstract)
-
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = lm_data.train_iterator(splits.train, seq_len, tcfg.batch_size, config.seed,
                                       pidx, pcount)
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
     latest = ckpt.latest_step()
-    state = ckpt.restore(latest, abstract, train_it) if latest is not None else make_state(rng)
-
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    loss_fn = lm_loss_fn(model, dropout=mcfg.dropout > 0)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(loss_fn, tx, schedule, config.seed, tcfg.grad_accum, mesh,
-                                 rules),
-        shardings, batch_sharding, mesh)
-    eval_step = step_lib.jit_eval_step(loss_fn, shardings.params, batch_sharding, mesh)
+    if latest is not None:
+        state = ckpt.restore(latest, p.abstract, train_it)
+    else:
+        state = p.make_state(jax.random.key(config.seed))
     params_finite = jax.jit(step_lib.all_finite)
-    val_set = [sharding.global_batch(b, batch_sharding) for b in lm_data.val_batches(
-        splits.val, seq_len, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)]
+    val_set = sharding.global_batch(
+        np.stack(lm_data.val_batches(splits.val, seq_len, tcfg.batch_size, tcfg.eval_batches,
+                                     pidx, pcount)),
+        sharding.batch_sharding(mesh, rules, leading=1))
 
     def evaluate(params) -> float:
-        total = sum(eval_step(params, b) for b in val_set)
-        return float(total) / len(val_set)
+        return float(eval_step(params, val_set))
 
     tokens_per_step = tcfg.batch_size * seq_len
     flops_per_token = mcfg.flops_per_token(seq_len)
@@ -180,6 +205,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
                 batch = sharding.global_batch(next(train_it), batch_sharding)
                 state, metrics = train_step(state, batch)
                 step += 1
+                if step == start_step + 1:  # keep compilation out of the first tokens/s window
+                    jax.block_until_ready(metrics)
+                    window.update(t0=time.perf_counter(), step0=step)
                 if pending is not None:
                     finish_step(*pending)  # step-1's metrics, read while step runs
                     pending = None
