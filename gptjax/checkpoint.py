@@ -49,7 +49,7 @@ class Checkpointer:
             missing = sorted(set(wanted) - set(saved))[:3]
             extra = sorted(set(saved) - set(wanted))[:3]
             raise GptjaxError(
-                f"the checkpoint in {self.directory} (step {step}) belongs to a different model: "
+                f"the checkpoint in {self.directory} (step {step}) belongs to a different model or optimizer: "
                 f"arrays missing from it {missing}, unexpected arrays {extra}. Use a new --workdir "
                 "or the config this workdir was trained with (its config.json).")
         for path, shape in wanted.items():
@@ -127,7 +127,7 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     if saved is not None and saved != wanted:
         diff = sorted(p for p in set(saved) | set(wanted) if saved.get(p) != wanted.get(p))[:3]
         raise GptjaxError(
-            f"the checkpoint in {directory} (step {step}) belongs to a different model: "
+            f"the checkpoint in {directory} (step {step}) belongs to a different model or optimizer: "
             + ", ".join(f"{p} is {saved.get(p)} there but {wanted.get(p)} in the config"
                         for p in diff) + ". Check the workdir's config.json.")
     path = ocp.step.find_step_path(directory, ocp.step.standard_name_format(), step=step)

@@ -24,19 +24,20 @@ def lr_schedule(cfg: Any) -> optax.Schedule:
 
 
 def decay_mask(kind: str):
-    """Which parameters get weight decay. nanoGPT's rule ('matrices'): every tensor with >= 2 dims
-    (weights and embeddings), never biases or LayerNorm gains."""
+    """Which parameters get weight decay. nanoGPT's rule ('matrices'): the weight matrices and
+    embeddings, never biases or LayerNorm gains. Decided by the leaf's name (kernel / embedding),
+    not its rank, since gptjax keeps some biases multi-dimensional (c_attn's is (3, H, D))."""
     if kind not in DECAY_MASKS:
         raise GptjaxError(f"optim.weight_decay_mask={kind!r} is unknown; use one of {DECAY_MASKS}")
 
     def mask(params):
         def leaf_mask(path, x):
-            if kind == "all":
-                return True
-            if kind == "none":
-                return False
-            is_embedding = any(getattr(k, "key", None) in ("wte", "wpe") for k in path)
-            return x.ndim >= 2 and not (kind == "matrices_no_embeddings" and is_embedding)
+            names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+            if kind in ("all", "none"):
+                return kind == "all"
+            is_embedding = "embedding" in names
+            return ("kernel" in names or is_embedding) and not (
+                kind == "matrices_no_embeddings" and is_embedding)
         return jax.tree_util.tree_map_with_path(leaf_mask, params)
     return mask
 

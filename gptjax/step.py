@@ -101,7 +101,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
             loss, aux = loss / grad_accum, jax.tree.map(lambda a: a / grad_accum, aux)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state.step), **aux}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

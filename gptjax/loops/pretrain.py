@@ -82,12 +82,13 @@ class Pieces:
     seq_len: int
 
 
-def build(config: ml_collections.ConfigDict) -> Pieces:
+def build(config: ml_collections.ConfigDict, devices: Any = None) -> Pieces:
+    """The compiled pieces of a run on all devices (or the given ones)."""
     config_lib.validate(config)
     mcfg = config_lib.model_config(config)
     seq_len = config_lib.seq_len(config)
     tcfg = config.train
-    mesh = sharding.make_mesh(config.mesh.to_dict())
+    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
     rules = sharding.rules_from_config(config.sharding.rules)
     micro_batch = tcfg.batch_size // tcfg.grad_accum
     ways = sharding.batch_divisor(mesh, rules)
