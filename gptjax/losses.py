@@ -20,9 +20,13 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 
 
 def lm_loss(logits: Array, targets: Array, weights: Array | None = None) -> Array:
-    """Mean cross-entropy  -sum_t w_t log p(y_t) / sum_t w_t  (w = 1 when no weights are given)."""
+    """Weighted mean cross-entropy  -sum_t w_t log p(y_t) / sum_t w_t  (w = 1 when none given).
+
+    A batch whose weights are all zero has loss 0 (not NaN).
+    """
     nll = -token_logprobs(logits, targets)
     if weights is None:
         return nll.mean()
     weights = weights.astype(jnp.float32)
-    return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    total = weights.sum()
+    return (nll * weights).sum() / jnp.where(total > 0, total, 1.0)

@@ -219,6 +219,9 @@ class GPT(nn.Module):
                segment_ids: Array | None = None, deterministic: bool = True) -> Array:
         """The trunk: final-LayerNorm hidden states (B, T, C); reused by the reward model."""
         t = tokens.shape[1]
+        if t > self.cfg.block_size:  # the position table has block_size rows (nanoGPT asserts)
+            raise ValueError(f"sequence length {t} exceeds model.block_size="
+                             f"{self.cfg.block_size}; crop the input to the last block_size tokens")
         if positions is None:
             positions = jnp.arange(t)[None]  # (1, T)
         x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)

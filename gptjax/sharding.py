@@ -20,13 +20,17 @@ Rules = Sequence[tuple[str, Any]]
 
 def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """{'data': d, 'fsdp': f, 'tensor': t} with at most one -1 -> concrete sizes for the devices."""
+    missing = [a for a in MESH_AXES if a not in shape]
+    if missing:
+        raise GptjaxError(f"mesh {shape} lacks the axes {missing}; give all of {MESH_AXES}")
     sizes = [int(shape[a]) for a in MESH_AXES]
     free = [i for i, s in enumerate(sizes) if s == -1]
     bad = [f"{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
     if bad or len(free) > 1:
         raise GptjaxError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} is invalid: each of mesh.data, mesh.fsdp, "
-            "mesh.tensor must be a positive integer and at most one may be -1 ('all the rest'). "
+            f"mesh {dict(zip(MESH_AXES, sizes))} is invalid ({', '.join(bad) or 'two -1'}): "
+            "each of mesh.data, mesh.fsdp, "
+            "mesh.tensor must be a positive integer, at most one of them -1 (all the rest). "
             "Fix the config, e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1")
     fixed = math.prod(s for s in sizes if s != -1)
     if free:

@@ -98,7 +98,7 @@ class RandomWindows:
 
     def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
-        if len(tokens) < seq_len + 2:
+        if len(tokens) < seq_len + 1:
             raise GptjaxError(f"the training split has {len(tokens)} tokens, fewer than one window "
                               f"of seq_len+1={seq_len + 1}; use more text or a shorter seq_len.")
         if global_batch % process_count:
@@ -133,7 +133,10 @@ def val_batches(tokens: np.ndarray, seq_len: int, global_batch: int, num_batches
                 process_index: int = 0, process_count: int = 1) -> list[np.ndarray]:
     """The fixed validation set: num_batches * global_batch evenly spaced windows."""
     n = num_batches * global_batch
-    if len(tokens) < seq_len + 2:
+    if global_batch % process_count:
+        raise GptjaxError(f"train.batch_size={global_batch} must divide among "
+                          f"{process_count} processes")
+    if len(tokens) < seq_len + 1:
         raise GptjaxError(f"the validation split has {len(tokens)} tokens, fewer than one window "
                           f"of {seq_len + 1}; raise data.val_fraction or use more text.")
     starts = np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64)
