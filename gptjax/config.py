@@ -83,6 +83,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     m = config.model
     if m.n_embd % m.n_head:
         raise GptjaxError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
+    if m.activation not in ("gelu_tanh", "gelu"):
+        raise GptjaxError(f"model.activation={m.activation!r}: use gelu_tanh (GPT-2) or gelu")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise GptjaxError(f"model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
     if seq_len(config) > m.block_size:

@@ -42,7 +42,9 @@ from gptjax.model import GPTConfig
 
 USAGE = ("usage: python -m gptjax.convert --from-hf HF_DIR --workdir DIR\n"
          "       python -m gptjax.convert --workdir DIR --to-hf OUT_DIR")
-ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are tanh-GELU, as gptjax's MLP
+# HF activation_function -> gptjax model.activation (gelu_new and gelu_pytorch_tanh are both
+# the tanh approximation; gelu is the exact erf form).
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 Layout = list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -107,7 +109,7 @@ def read_hf_config(hf_dir: str) -> GPTConfig:
         raise GptjaxError(f"{path} lacks {missing}; is it a GPT-2 config?")
     checks = [  # (key, default in transformers' GPT2Config, allowed values, what gptjax does)
         ("model_type", "gpt2", ("gpt2",), "only GPT-2 models convert"),
-        ("activation_function", "gelu_new", ACTIVATIONS, "gptjax's MLP uses the tanh GELU"),
+        ("activation_function", "gelu_new", tuple(ACTIVATIONS), "gptjax's MLP uses GELU"),
         ("n_inner", None, (None, 4 * hf["n_embd"]), "gptjax's MLP is 4 * n_embd wide"),
         ("scale_attn_weights", True, (True,), "gptjax scales attention by 1/sqrt(head_dim)"),
         ("scale_attn_by_inverse_layer_idx", False, (False,),
@@ -127,6 +129,7 @@ def read_hf_config(hf_dir: str) -> GPTConfig:
                      block_size=int(hf.get("n_positions", hf.get("n_ctx"))),
                      n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]),
                      n_embd=int(hf["n_embd"]), bias=True,
+                     activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")],
                      ln_eps=float(hf.get("layer_norm_epsilon", 1e-5)), dtype="float32")
 
 
@@ -218,7 +221,8 @@ def hf_config(m: GPTConfig) -> dict[str, Any]:
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": m.vocab_size, "n_positions": m.block_size, "n_embd": m.n_embd,
         "n_layer": m.n_layer, "n_head": m.n_head, "n_inner": None,
-        "activation_function": "gelu_new", "layer_norm_epsilon": m.ln_eps,
+        "activation_function": "gelu_new" if m.activation == "gelu_tanh" else "gelu",
+        "layer_norm_epsilon": m.ln_eps,
         "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.dropout,
         "initializer_range": 0.02, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,

@@ -37,6 +37,7 @@ class GPTConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False  # recompute each block in the backward pass (saves activation memory)
     attention: str = "auto"  # 'auto' | 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'reference'
+    activation: str = "gelu_tanh"  # GPT-2's tanh approximation; 'gelu' = exact erf (nanoGPT)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -175,7 +176,7 @@ class MLP(nn.Module):
         x = Linear((4 * cfg.n_embd,), (axes.EMBED, axes.MLP), use_bias=cfg.bias, dtype=dt,
                    name="c_fc")(x)  # (B, T, 4C)
         x = nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_MLP))
-        x = jax.nn.gelu(x, approximate=True)  # GPT-2's tanh GELU
+        x = jax.nn.gelu(x, approximate=cfg.activation == "gelu_tanh")
         x = Linear((cfg.n_embd,), (axes.MLP, axes.EMBED), std=std_out, use_bias=cfg.bias,
                    dtype=dt, name="c_proj")(x)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)

@@ -33,8 +33,11 @@ SEQ = 32
 MODEL = dict(vocab_size=65, block_size=SEQ, n_layer=2, n_head=4, n_embd=64, bias=False,
              dropout=0.0)
 SCHEDULE = dict(warmup_steps=5, decay_steps=30, min_lr=1e-4)
+# Float32 round-off between the two gives ~3e-7 relative on the loss and ~1e-7 on parameters
+# after 30 steps. A wrong choice of which tensors decay, eps, b2 or one step of schedule offset
+# moves the loss by >= 2e-4 or a parameter by >= 1e-4 (checked by mutating the optimizer).
 LOSS_RTOL = 1e-4
-PARAM_ATOL = 1e-4
+PARAM_ATOL = 2e-5
 
 
 def _build_nanogpt():
@@ -57,6 +60,7 @@ def _config():
     for k, v in SCHEDULE.items():
         config.optim[k] = v
     config.model.attention = "auto"
+    config.model.activation = "gelu"  # as nanoGPT's nn.GELU(); build_nanogpt follows the spec
     config.data.seq_len = SEQ
     config.train.batch_size = BATCH
     config.train.grad_accum = 1
@@ -91,7 +95,7 @@ def _batches(seed: int = 1234) -> list[np.ndarray]:
 
 
 def _torch_spec():
-    return dict(MODEL, padded_vocab_size=128, ln_eps=1e-5)
+    return dict(MODEL, padded_vocab_size=128, ln_eps=1e-5, activation="gelu")
 
 
 def _to_gptjax(model, padded_vocab: int):
@@ -221,9 +225,11 @@ def test_trajectory_matches_torch(trajectories):
           f"max rel grad-norm diff {rel_norm.max():.3e}, max lr diff {lr_err.max():.3e}")
     print("losses gptjax:", [round(m["loss"], 5) for m in t["jax"]])
     print("losses torch: ", [round(m["loss"], 5) for m in t["torch"]])
-    # The run is real training: the loss must move (random tokens: toward log(65) = 4.17).
-    assert t["torch"][0]["loss"] - t["torch"][-1]["loss"] > 1e-2
+    # The run is real training: the loss falls well below log(65) = 4.17.
+    assert t["torch"][-1]["loss"] < 3.6
     assert lr_err.max() < 1e-9, lr_err
+    # The data makes clipping act (global norm > 1.0) on most steps, so it is compared too.
+    assert sum(m["grad_norm"] > 1.0 for m in t["torch"]) >= STEPS // 2
     assert rel_norm.max() < 1e-3, rel_norm
     assert rel_loss.max() <= LOSS_RTOL, rel_loss
 
