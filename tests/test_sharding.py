@@ -73,7 +73,7 @@ def test_mesh_errors():
         sharding.make_mesh(dict(data=3, fsdp=-1, tensor=1))
     with pytest.raises(GptjaxError, match="needs 16 devices but 8"):
         sharding.make_mesh(dict(data=4, fsdp=4, tensor=1))
-    with pytest.raises(GptjaxError, match="at most one may be -1"):
+    with pytest.raises(GptjaxError, match="at most one of them -1"):
         sharding.make_mesh(dict(data=-1, fsdp=-1, tensor=1))
 
 

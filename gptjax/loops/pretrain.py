@@ -224,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
                 finish_step(step, metrics, extra)
                 if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
                     save(step)
-                window["t0"] = time.perf_counter()  # exclude eval/save time from tokens/s
+                # Restart the tokens/s window so eval and save time never count as training.
+                window.update(t0=time.perf_counter(), step0=step)
             if pending is not None:
                 finish_step(*pending)
             if stop.signum is not None and last_saved != step:
