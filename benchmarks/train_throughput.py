@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--shapes shakespeare_char,gpt2_124m] [--peers hf,nanogpt]
         [--steps N] [--warmup W] [--out results.json]
-    python benchmarks/train_throughput.py --end-to-end [--e2e-steps N]
+    python benchmarks/train_throughput.py --end-to-end [--repeats R] [--e2e-steps N]
 
 Every framework runs in its own subprocess (this file re-invoked with --worker), so each peak
 RSS is that framework's alone. MFU = flops_per_token * tokens/s / peak, with flops_per_token =
@@ -349,39 +349,55 @@ def _timed(cmd: list[str]) -> tuple[float, str, float]:
     return wall, proc.stdout, max(peak_rss_mib(resource.RUSAGE_CHILDREN), before)
 
 
-def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
-    """Wall time and final val_loss of the real CLI run of configs/shakespeare_char.py, next to
-    nanoGPT's train.py loop (benchmarks/nanogpt_train.py, PyTorch) run on the same machine now."""
+def _gptjax_e2e(steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, "-m", "gptjax.train", "--config", "configs/shakespeare_char.py",
                "--workdir", workdir, "--config.train.progress=False"]
-        if args.e2e_steps:
-            cmd.append(f"--config.train.steps={args.e2e_steps}")
+        if steps:
+            cmd.append(f"--config.train.steps={steps}")
         wall, out, rss = _timed(cmd)
         sys.stderr.write(out)
         loop = re.search(r"steps in ([0-9.]+)s", out)  # pretrain.run's own loop time
-        loop_s = float(loop.group(1)) if loop else None
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f if line.strip()]
     evals = [r for r in records if "val_loss" in r]
-    val_loss, steps = evals[-1]["val_loss"], int(records[-1]["step"])
-    peer = None
-    if not args.e2e_steps:
-        p_wall, p_out, _ = _timed([sys.executable, os.path.join(ROOT, "benchmarks",
-                                                                "nanogpt_train.py")])
-        peer = dict(json.loads(p_out.split("RESULT ", 1)[1]), wall_s=p_wall)
+    return {"wall_s": wall, "loop_s": float(loop.group(1)) if loop else None,
+            "val_loss": evals[-1]["val_loss"], "steps": int(records[-1]["step"]),
+            "peak_rss_mib": rss}
+
+
+def _nanogpt_e2e() -> dict[str, Any]:
+    wall, out, _ = _timed([sys.executable, os.path.join(ROOT, "benchmarks", "nanogpt_train.py")])
+    return dict(json.loads(out.split("RESULT ", 1)[1]), wall_s=wall)
+
+
+def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
+    """Wall time and final val_loss of the real CLI run of configs/shakespeare_char.py, next to
+    nanoGPT's train.py loop (benchmarks/nanogpt_train.py, PyTorch) on the same machine, the two
+    alternating for --repeats rounds (this is what makes a drifting machine comparable)."""
+    ours, peers = [], []
+    for _ in range(args.repeats):
+        ours.append(_gptjax_e2e(args.e2e_steps))
+        if not args.e2e_steps:
+            peers.append(_nanogpt_e2e())
+    med = statistics.median
     ref = NANOGPT_E2E
-    rows = [f"| gptjax (measured now) | {steps} | {wall:.1f} | {_f(loop_s, '.1f')} | "
-            f"{val_loss:.4f} | {rss:,.0f} |"]
-    if peer:
-        rows.append(f"| nanoGPT train.py loop, PyTorch (measured now) | {peer['steps']} | "
-                    f"{peer['wall_s']:.1f} | {peer['loop_s']:.1f} | {peer['val_loss']:.4f} | "
-                    f"{peer['peak_rss_mib']:,.0f} |")
+    rows = [f"| gptjax (round {i + 1}) | {r['steps']} | {r['wall_s']:.1f} | "
+            f"{_f(r['loop_s'], '.1f')} | {r['val_loss']:.4f} | {r['peak_rss_mib']:,.0f} |"
+            for i, r in enumerate(ours)]
+    rows += [f"| nanoGPT train.py loop, PyTorch (round {i + 1}) | {r['steps']} | "
+             f"{r['wall_s']:.1f} | {r['loop_s']:.1f} | {r['val_loss']:.4f} | "
+             f"{r['peak_rss_mib']:,.0f} |" for i, r in enumerate(peers)]
     rows.append(f"| nanoGPT (issue's constant) | {ref['steps']} | {ref['wall_s']:.0f} | – | "
                 f"{ref['val_loss']:.3f} | – |")
-    ratio = (f"- wall gptjax/nanoGPT-peer (same run): {wall / peer['wall_s']:.2f}; "
-             f"gptjax/constant: {wall / ref['wall_s']:.2f}.\n" if peer else
-             f"- not comparable: {steps} steps, not {ref['steps']}.\n")
+    wall = med(r["wall_s"] for r in ours)
+    if peers:
+        ratios = [o["wall_s"] / p["wall_s"] for o, p in zip(ours, peers)]
+        ratio = (f"- wall gptjax/nanoGPT-peer per round: "
+                 f"{', '.join(f'{x:.2f}' for x in ratios)} (median {med(ratios):.2f}); "
+                 f"median gptjax wall / issue constant: {wall / ref['wall_s']:.2f}.\n")
+    else:
+        ratio = f"- not comparable: {ours[0]['steps']} steps, not {ref['steps']}.\n"
     print(f"## End to end: python -m gptjax.train --config configs/shakespeare_char.py "
           f"({CORES} cores)\n\n"
           "| run | steps | wall s | loop s | final val_loss | peak RSS MiB |\n"
@@ -391,9 +407,7 @@ def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
           "checkpoints); loop s: the training loop alone. The PyTorch peer's val_loss is its "
           "own estimate (20 random batches, as nanoGPT), gptjax's is its fixed validation set "
           "(20 batches of evenly spaced windows).", flush=True)
-    return {"end_to_end": {"gptjax": {"wall_s": wall, "loop_s": loop_s, "val_loss": val_loss,
-                                      "steps": steps, "peak_rss_mib": rss, "cmd": cmd[1:]},
-                           "nanogpt_peer": peer, "nanogpt_reference": ref}}
+    return {"end_to_end": {"gptjax": ours, "nanogpt_peer": peers, "nanogpt_reference": ref}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (after compile)")
     ap.add_argument("--out", help="write every number as JSON here")
     ap.add_argument("--end-to-end", action="store_true", help="time the real char run instead")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="end-to-end rounds, gptjax and the PyTorch peer alternating")
     ap.add_argument("--e2e-steps", type=int, default=0,
                     help="override train.steps of the end-to-end run (default: the config's)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

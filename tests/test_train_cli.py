@@ -165,3 +165,18 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert sorted(os.listdir(wd / "checkpoints")) == ["10"]
     params = _params(wd, 10)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_corrupt_checkpoint_is_reported_and_not_deleted(tmp_path):
+    wd = tmp_path / "w"
+    assert run_cli(*TINY, *QUIET, "--config.train.steps=10", "--workdir", str(wd)).returncode == 0
+    state_dir = wd / "checkpoints" / "10" / "state"
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        p.write_bytes(b"not a checkpoint")
+    r = run_cli(*TINY, *QUIET, "--config.train.steps=20", "--workdir", str(wd))
+    assert r.returncode == 2, r.stderr
+    assert "checkpoint at step 10" in r.stderr and "could not be read" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert all(p.exists() for p in files)  # saved work is never deleted
