@@ -1,8 +1,9 @@
 """GPT: a decoder-only transformer as in GPT-2 (and the GPT-3 options), written in Flax linen.
 
 Shapes in comments: B batch, T sequence, C model width, H heads, D head width (C = H * D),
-V padded vocabulary. Parameters and block-boundary activations carry logical axis names from
-`gptjax.axes`; which mesh axis each name lands on is decided by the config, never here.
+V padded vocabulary, S KV-cache slots. Parameters and block-boundary activations carry logical
+axis names from `gptjax.axes`; which mesh axis each name lands on is decided by the config, never
+here. `decode=True` runs the same modules incrementally against a KV cache (`init_cache`).
 """
 
 from __future__ import annotations
@@ -133,12 +134,45 @@ class Linear(nn.Module):
         return y
 
 
+def init_cache(cfg: GPTConfig, batch: int, length: int) -> dict[str, Any]:
+    """An empty KV cache of `length` slots for `GPT.apply(..., decode=True, mutable=['cache'])`.
+
+    Per layer: keys and values (B, S, H, D) in the compute dtype, the position held in each slot
+    (B, S; -1 = empty or padding, never attended to) and the next slot to write (a scalar shared
+    by all rows: rows are left-padded so that they advance in lock step).
+    """
+    kv = jnp.zeros((batch, length, cfg.n_head, cfg.head_dim), jnp.dtype(cfg.dtype))
+    empty = jnp.full((batch, length), -1, jnp.int32)
+    layer = dict(cached_key=kv, cached_value=kv, cached_pos=empty,
+                 cache_index=jnp.zeros((), jnp.int32))
+    return {f"h_{i}": {"attn": dict(layer)} for i in range(cfg.n_layer)}
+
+
+def cache_axes(cfg: GPTConfig) -> dict[str, Any]:
+    """Logical axis names of every `init_cache` leaf (the same tree), for sharding the cache."""
+    kv = (axes.BATCH, axes.SEQ, axes.ACT_HEADS, None)
+    layer = dict(cached_key=kv, cached_value=kv, cached_pos=(axes.BATCH, axes.SEQ), cache_index=())
+    return {f"h_{i}": {"attn": dict(layer)} for i in range(cfg.n_layer)}
+
+
+def decode_mask(query_pos: Array, key_pos: Array, window: int = 0) -> Array:
+    """Boolean (B, 1, T, S) mask from positions alone: a key is seen iff it holds a token (pos >= 0)
+    at or before the query's position, and within `window` of it if banded. Positions are per row,
+    so left padding (pos -1) and causality are one rule."""
+    qp, kp = query_pos[:, None, :, None], key_pos[:, None, None, :]
+    mask = (kp >= 0) & (kp <= qp)
+    if window:
+        mask &= qp - kp < window
+    return mask
+
+
 class CausalSelfAttention(nn.Module):
     cfg: GPTConfig
     window: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool) -> Array:
+    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool,
+                 positions: Array | None = None, decode: bool = False) -> Array:
         cfg = self.cfg
         h, d = cfg.n_head, cfg.head_dim
         std_out = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: scale the residual projections
@@ -149,7 +183,9 @@ class CausalSelfAttention(nn.Module):
             qkv, (axes.BATCH, axes.SEQ, None, axes.ACT_HEADS, None))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, T, H, D)
         t = x.shape[1]
-        if cfg.attention == "reference":
+        if decode:
+            y = self._cached_attention(q, k, v, positions)
+        elif cfg.attention == "reference":
             y = reference_attention(q, k, v, attention_mask(t, self.window, segment_ids))
         else:
             mask = None
@@ -163,6 +199,29 @@ class CausalSelfAttention(nn.Module):
         y = Linear((cfg.n_embd,), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), n_in=2, std=std_out,
                    use_bias=cfg.bias, dtype=dt, name="c_proj")(y)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+    def _cached_attention(self, q: Array, k: Array, v: Array, positions: Array) -> Array:
+        """Write this call's T keys/values at the cache's next slots, attend over all S slots."""
+        if not self.has_variable("cache", "cached_key"):
+            raise ValueError("decode=True needs a KV cache: pass {'cache': init_cache(cfg, B, S)} "
+                             "in the variables and mutable=['cache'] to GPT.apply")
+        names = (axes.BATCH, axes.SEQ, axes.ACT_HEADS, None)
+        index = self.get_variable("cache", "cache_index")
+        start = (0, index, 0, 0)
+        ck = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_key"),
+                                          k.astype(q.dtype), start)  # (B, S, H, D)
+        cv = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_value"),
+                                          v.astype(q.dtype), start)
+        cp = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_pos"),
+                                          positions.astype(jnp.int32), (0, index))  # (B, S)
+        ck, cv = nn.with_logical_constraint(ck, names), nn.with_logical_constraint(cv, names)
+        self.put_variable("cache", "cached_key", ck)
+        self.put_variable("cache", "cached_value", cv)
+        self.put_variable("cache", "cached_pos", cp)
+        self.put_variable("cache", "cache_index", index + q.shape[1])
+        # A query at a padding position (-1) sees no key: softmax over all-min scores is uniform,
+        # finite, and its output is never read.
+        return reference_attention(q, ck, cv, decode_mask(positions, cp, self.window))
 
 
 class MLP(nn.Module):
@@ -189,9 +248,10 @@ class Block(nn.Module):
     window: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool) -> Array:
+    def __call__(self, x: Array, segment_ids: Array | None, deterministic: bool,
+                 positions: Array | None = None, decode: bool = False) -> Array:
         x = x + CausalSelfAttention(self.cfg, self.window, name="attn")(
-            _layer_norm(self.cfg, "ln_1")(x), segment_ids, deterministic)
+            _layer_norm(self.cfg, "ln_1")(x), segment_ids, deterministic, positions, decode)
         x = x + MLP(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_2")(x), deterministic)
         return nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_EMBED))
 
@@ -212,29 +272,38 @@ class GPT(nn.Module):
             embedding_init=nn.with_logical_partitioning(_init(0.02), (axes.POS, axes.EMBED)),
             **_param_dtype_kwargs(cfg))
         self.drop = nn.Dropout(cfg.dropout)
-        block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+        block = nn.remat(Block, static_argnums=(3, 5)) if cfg.remat else Block
         self.blocks = [block(cfg, cfg.window(i), name=f"h_{i}") for i in range(cfg.n_layer)]
         self.ln_f = _layer_norm(cfg, "ln_f")
 
     def hidden(self, tokens: Array, positions: Array | None = None,
-               segment_ids: Array | None = None, deterministic: bool = True) -> Array:
-        """The trunk: final-LayerNorm hidden states (B, T, C); reused by the reward model."""
+               segment_ids: Array | None = None, deterministic: bool = True,
+               decode: bool = False) -> Array:
+        """The trunk: final-LayerNorm hidden states (B, T, C); reused by the reward model.
+
+        decode=True runs incrementally against the 'cache' collection (see `init_cache`): the T
+        tokens are appended to the cache and attend to everything cached so far. It needs explicit
+        per-row `positions` (B, T), with -1 for left padding (such slots are never attended to).
+        """
         t = tokens.shape[1]
         if t > self.cfg.block_size:  # the position table has block_size rows (nanoGPT asserts)
             raise ValueError(f"sequence length {t} exceeds model.block_size="
                              f"{self.cfg.block_size}; crop the input to the last block_size tokens")
+        if decode and (positions is None or segment_ids is not None):
+            raise ValueError("decode=True takes explicit positions (B, T) and no segment_ids")
         if positions is None:
             positions = jnp.arange(t)[None]  # (1, T)
-        x = self.wte(tokens) + self.wpe(positions)  # (B, T, C)
+        x = self.wte(tokens) + self.wpe(jnp.maximum(positions, 0))  # (B, T, C)
         x = self.drop(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, (axes.BATCH, axes.SEQ, axes.ACT_EMBED))
         for block in self.blocks:
-            x = block(x, segment_ids, deterministic)
+            x = block(x, segment_ids, deterministic, positions if decode else None, decode)
         return self.ln_f(x)
 
     def __call__(self, tokens: Array, positions: Array | None = None,
-                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
-        x = self.hidden(tokens, positions, segment_ids, deterministic)
+                 segment_ids: Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> Array:
+        x = self.hidden(tokens, positions, segment_ids, deterministic, decode)
         logits = self.wte.attend(x)  # tied output embedding: (B, T, V)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.SEQ, axes.ACT_VOCAB))
         return mask_padded_logits(logits, self.cfg.vocab_size)
