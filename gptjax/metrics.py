@@ -98,10 +98,9 @@ class Progress:
 
     def update(self, step: int, **postfix: Any) -> None:
         if self.bar is not None:
-            self.bar.n = step
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
-            self.bar.refresh()
+            self.bar.update(step - self.bar.n)  # redraws at most once per mininterval
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
