@@ -1,0 +1,65 @@
+"""`python -m gptjax.sample --workdir DIR --prompt "..." [--num_samples N --temperature T
+--top_k K --top_p P --max_new_tokens M --seed S]`: continue a prompt with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+from gptjax import sampling, workdir as workdir_lib
+from gptjax.cli import exit_on_user_error
+from gptjax.errors import GptjaxError
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m gptjax.sample", description=__doc__)
+    ap.add_argument("--workdir", required=True, help="a gptjax training workdir")
+    ap.add_argument("--prompt", required=True, help="text to continue")
+    ap.add_argument("--num_samples", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    ap.add_argument("--top_k", type=int, default=0, help="0 = off")
+    ap.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+    ap.add_argument("--max_new_tokens", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if not args.prompt:
+        raise GptjaxError("--prompt is empty: give some text for the model to continue")
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise GptjaxError("--num_samples and --max_new_tokens must be at least 1")
+    model = workdir_lib.load(args.workdir)
+    ids = model.tokenizer.encode(args.prompt)
+    room = model.cfg.block_size - len(ids)
+    if room < 1:
+        raise GptjaxError(
+            f"the prompt is {len(ids)} tokens but the model's context (model.block_size) is "
+            f"{model.cfg.block_size}; shorten the prompt to at most "
+            f"{model.cfg.block_size - 1} tokens")
+    max_new = args.max_new_tokens
+    if max_new > room:
+        print(f"gptjax: note: --max_new_tokens {max_new} lowered to {room}: prompt + new tokens "
+              f"must fit the context of {model.cfg.block_size}", file=sys.stderr)
+        max_new = room
+    n = args.num_samples
+    prompts = np.tile(np.asarray(ids, np.int32), (n, 1))
+    keys = jax.random.split(jax.random.key(args.seed), n)
+    tokens, _, lengths = sampling.generate(
+        model.params, model.cfg, prompts, np.full((n,), len(ids), np.int32), keys, max_new,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    for i in range(n):
+        if n > 1:
+            print(f"--- sample {i + 1} (step {model.step}) ---")
+        print(args.prompt + model.tokenizer.decode(tokens[i, :lengths[i]].tolist()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

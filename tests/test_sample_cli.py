@@ -1,0 +1,51 @@
+"""`python -m gptjax.sample` on a workdir trained by the tiny config."""
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("sample") / "run"
+    r = run_cli("gptjax.train", "--config", "configs/tiny.py", "--config.train.progress=False",
+                "--config.train.steps=30", "--workdir", str(wd))
+    assert r.returncode == 0, r.stderr
+    return str(wd)
+
+
+def test_sample_prints_continuations(trained):
+    args = ("gptjax.sample", "--workdir", trained, "--prompt", "ROMEO:", "--num_samples", "3",
+            "--max_new_tokens", "20", "--seed", "1")
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("--- sample ")[1:]
+    assert len(samples) == 3
+    bodies = [s.split("\n", 1)[1].rstrip("\n") for s in samples]
+    assert all(b.startswith("ROMEO:") and len(b) == len("ROMEO:") + 20 for b in bodies)
+    assert len(set(bodies)) > 1  # different keys per sample
+    assert run_cli(*args).stdout == r.stdout  # same seed, same text
+
+
+def test_greedy_samples_agree_and_overflow_is_stated(trained):
+    r = run_cli("gptjax.sample", "--workdir", trained, "--prompt", "ROMEO:", "--num_samples",
+                "2", "--temperature", "0", "--max_new_tokens", "500")
+    assert r.returncode == 0, r.stderr
+    assert "lowered to 26" in r.stderr  # block 32 - 6 prompt tokens
+    a, b = [s.split("\n", 1)[1] for s in r.stdout.split("--- sample ")[1:]]
+    assert a == b
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--prompt", ""), "--prompt is empty"),
+    (("--prompt", "a" * 40), "shorten the prompt to at most 31 tokens"),
+    (("--prompt", "caf\u00e9 \u2603"), "is not in this char tokenizer's vocabulary"),
+])
+def test_bad_input(trained, args, message):
+    r = run_cli("gptjax.sample", "--workdir", trained, *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_unknown_workdir(tmp_path):
+    r = run_cli("gptjax.sample", "--workdir", str(tmp_path / "nope"), "--prompt", "x")
+    assert r.returncode == 2 and "no such directory" in r.stderr
