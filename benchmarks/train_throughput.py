@@ -68,7 +68,8 @@ def shape_spec(shape: str) -> dict[str, Any]:
     t = seq_len(config)
     return dict(shape=shape, vocab_size=m.vocab_size, padded_vocab_size=m.padded_vocab_size,
                 block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                bias=m.bias, ln_eps=m.ln_eps, activation=m.activation, batch_size=int(config.train.batch_size),
+                bias=m.bias, ln_eps=m.ln_eps, activation=m.activation,
+                batch_size=int(config.train.batch_size),
                 seq_len=t, lr=float(config.optim.lr), flops_per_token=m.flops_per_token(t))
 
 
@@ -131,7 +132,8 @@ def worker_gptjax(spec: dict[str, Any], steps: int, warmup: int) -> dict[str, An
 
 def build_nanogpt(spec: dict[str, Any]):
     """nanoGPT's model.py as publicly described: pre-LN blocks, SDPA causal attention, GELU MLP
-    (exact or tanh per spec['activation']), tied wte/lm_head, bias flag honoured, N(0, 0.02) init with scaled residual projections."""
+    (exact or tanh per spec['activation']), tied wte/lm_head, bias flag honoured, N(0, 0.02)
+    init with scaled residual projections."""
     import math
 
     import torch

@@ -49,7 +49,8 @@ class Checkpointer:
             missing = sorted(set(wanted) - set(saved))[:3]
             extra = sorted(set(saved) - set(wanted))[:3]
             raise GptjaxError(
-                f"the checkpoint in {self.directory} (step {step}) belongs to a different model or optimizer: "
+                f"the checkpoint in {self.directory} (step {step}) belongs to a different model "
+                "or optimizer: "
                 f"arrays missing from it {missing}, unexpected arrays {extra}. Use a new --workdir "
                 "or the config this workdir was trained with (its config.json).")
         for path, shape in wanted.items():
@@ -88,7 +89,8 @@ class Checkpointer:
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(np.shape(x) if not hasattr(x, "shape") else x.shape)
+    return {jax.tree_util.keystr(p, simple=True, separator="/"):
+            tuple(x.shape if hasattr(x, "shape") else np.shape(x))
             for p, x in flat}
 
 
@@ -127,7 +129,8 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
     if saved is not None and saved != wanted:
         diff = sorted(p for p in set(saved) | set(wanted) if saved.get(p) != wanted.get(p))[:3]
         raise GptjaxError(
-            f"the checkpoint in {directory} (step {step}) belongs to a different model or optimizer: "
+            f"the checkpoint in {directory} (step {step}) belongs to a different model or "
+            "optimizer: "
             + ", ".join(f"{p} is {saved.get(p)} there but {wanted.get(p)} in the config"
                         for p in diff) + ". Check the workdir's config.json.")
     path = ocp.step.find_step_path(directory, ocp.step.standard_name_format(), step=step)

@@ -54,7 +54,7 @@ class GPTConfig:
         return self.local_window if self.local_window and layer % 2 == 1 else 0
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count (without the padding rows); minus the position table if asked (nanoGPT)."""
+        """Parameter count (no padding rows); minus the position table if asked (as nanoGPT)."""
         c, l, f = self.n_embd, self.n_layer, 4 * self.n_embd
         b = 1 if self.bias else 0
         per_block = (2 * c * (1 + b)  # two LayerNorms
@@ -126,7 +126,8 @@ class Linear(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(_init(self.std), self.names),
                             in_shape + tuple(self.out_shape), jnp.float32)
         contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                (contract, ((), ())))
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, self.names[self.n_in:]), tuple(self.out_shape), jnp.float32)

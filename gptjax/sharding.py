@@ -31,7 +31,8 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ..
             f"mesh {dict(zip(MESH_AXES, sizes))} is invalid ({', '.join(bad) or 'two -1'}): "
             "each of mesh.data, mesh.fsdp, "
             "mesh.tensor must be a positive integer, at most one of them -1 (all the rest). "
-            "Fix the config, e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1")
+            "Fix the config, e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 "
+            "--config.mesh.tensor=1")
     fixed = math.prod(s for s in sizes if s != -1)
     if free:
         if num_devices % fixed:

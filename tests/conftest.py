@@ -37,3 +37,21 @@ def run_cli(*args, env_extra=None, timeout=300, **kw):
 @pytest.fixture
 def tiny_config():
     return load_config("tiny")
+
+
+def random_hf_gpt2(**shape):
+    """A small transformers GPT2LMHeadModel whose every weight, LayerNorm gain and bias is random
+    and O(0.1..1), so that conversion or masking bugs cannot hide under a tolerance."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(**shape, initializer_range=0.2, bos_token_id=None,
+                                  eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.2)  # LayerNorm gains around 1
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+    return model

@@ -1,6 +1,5 @@
 """Every file in configs/ loads, validates and builds the model shape it says it does."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp

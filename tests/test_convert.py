@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from conftest import random_hf_gpt2
+
 from gptjax.checkpoint import restore_params
 from gptjax.convert import main, read_workdir_model
 from gptjax.model import GPT
@@ -28,20 +30,7 @@ HF_SHAPE = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=1000)
 
 @pytest.fixture(scope="module")
 def hf_model():
-    """A small GPT-2 whose every weight, LayerNorm gain and bias is random and O(0.1..1)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(**HF_SHAPE, initializer_range=0.2, bos_token_id=None,
-                                  eos_token_id=None)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name and name.endswith("weight"):
-                p.normal_(1.0, 0.2)  # LayerNorm gains around 1
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-    return model
+    return random_hf_gpt2(**HF_SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gptjax.losses import lm_loss, token_logprobs
 from gptjax.model import mask_padded_logits

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from conftest import random_hf_gpt2
 from scipy import stats
 
 from gptjax.model import GPT, GPTConfig, cache_axes, init_cache
@@ -80,19 +82,7 @@ def test_cache_tree_and_axes(tiny):
 
 @pytest.fixture(scope="module")
 def hf_model():
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(**HF_SHAPE, initializer_range=0.2, bos_token_id=None,
-                                  eos_token_id=None)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name and name.endswith("weight"):
-                p.normal_(1.0, 0.2)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-    return model
+    return random_hf_gpt2(**HF_SHAPE)
 
 
 def test_greedy_matches_transformers_generate(hf_model, tmp_path):

@@ -1,4 +1,4 @@
-"""`python -m gptjax.train` end to end on the tiny config: outputs, exact resume, signals, bad input."""
+"""`python -m gptjax.train` on the tiny config: outputs, exact resume, signals, bad input."""
 
 import json
 import os

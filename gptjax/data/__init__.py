@@ -1,1 +1,1 @@
-"""Data: tokenizers, corpus preparation and grain pipelines per stage. Knows nothing of the model."""
+"""Data: tokenizers, corpus preparation, grain pipelines per stage. Knows nothing of the model."""

@@ -20,7 +20,7 @@ class Tokenizer(Protocol):
 
 
 class CharTokenizer:
-    """One id per distinct character of the training text, in sorted order (nanoGPT's char level)."""
+    """One id per distinct character of the training text, sorted (nanoGPT's char level)."""
 
     kind = "char"
 

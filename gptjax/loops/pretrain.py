@@ -163,7 +163,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
         f"gptjax pretrain: {mcfg.num_params(non_embedding=False) / 1e6:.2f}M params, mesh "
         f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{tokens_per_step} tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device "
-        f"({peak_source}); " + (f"resumed at step {step}" if latest is not None else "from scratch"))
+        f"({peak_source}); "
+        + (f"resumed at step {step}" if latest is not None else "from scratch"))
 
     last_saved = latest
     val_loss = None
