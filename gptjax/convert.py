@@ -36,6 +36,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gptjax import workdir as workdir_lib
 from gptjax.cli import exit_on_user_error
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
@@ -299,15 +300,9 @@ def from_hf(hf_dir: str, workdir: str) -> None:
 
 
 def read_workdir_model(workdir: str) -> GPTConfig:
-    """The model section of DIR/config.json (the resolved config every stage writes)."""
-    if not os.path.isdir(workdir):
-        raise GptjaxError(f"--workdir {workdir}: no such directory")
+    """The workdir's model config, checked to be one Hugging Face GPT-2 can express."""
+    m = workdir_lib.model_config(workdir)
     path = os.path.join(workdir, "config.json")
-    model = _read_json(path, "it is the resolved config a gptjax run writes into its workdir")
-    try:
-        m = GPTConfig(**model["model"])
-    except (KeyError, TypeError) as e:
-        raise GptjaxError(f"{path} has no valid 'model' section ({e})") from None
     if not m.bias or m.local_window or m.n_embd % m.n_head:
         raise GptjaxError(f"{path}: model.bias={m.bias}, model.local_window={m.local_window}: "
                           "only GPT-2 shaped models (bias=True, local_window=0) convert to "
