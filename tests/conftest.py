@@ -34,6 +34,16 @@ def run_cli(*args, env_extra=None, timeout=300, **kw):
                           text=True, timeout=timeout, **kw)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A workdir trained for 30 steps with configs/tiny.py (for the sample and chat commands)."""
+    wd = tmp_path_factory.mktemp("trained") / "run"
+    r = run_cli("gptjax.train", "--config", "configs/tiny.py", "--config.train.progress=False",
+                "--config.train.steps=30", "--workdir", str(wd))
+    assert r.returncode == 0, r.stderr
+    return str(wd)
+
+
 @pytest.fixture
 def tiny_config():
     return load_config("tiny")

@@ -5,15 +5,6 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("sample") / "run"
-    r = run_cli("gptjax.train", "--config", "configs/tiny.py", "--config.train.progress=False",
-                "--config.train.steps=30", "--workdir", str(wd))
-    assert r.returncode == 0, r.stderr
-    return str(wd)
-
-
 def test_sample_prints_continuations(trained):
     args = ("gptjax.sample", "--workdir", trained, "--prompt", "ROMEO:", "--num_samples", "3",
             "--max_new_tokens", "20", "--seed", "1")

@@ -1,0 +1,75 @@
+"""`python -m gptjax.chat --workdir DIR`: talk to a trained model in the terminal.
+
+Until a model has been through SFT (and so has a chat template), a turn is plain continuation:
+the conversation so far plus your line is the prompt, and the model's continuation is its reply.
+Every turn uses one compiled decoder: the prompt is left-padded to a fixed length (the context
+minus --max_new_tokens), keeping the most recent text when the conversation outgrows it.
+Type /quit or end the input (Ctrl-D) to leave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+from gptjax import sampling, workdir as workdir_lib
+from gptjax.cli import exit_on_user_error
+from gptjax.errors import GptjaxError
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m gptjax.chat", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, help="a gptjax training workdir")
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    ap.add_argument("--top_k", type=int, default=0, help="0 = off")
+    ap.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+    ap.add_argument("--max_new_tokens", type=int, default=0,
+                    help="reply length in tokens (default: a quarter of the context)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    model = workdir_lib.load(args.workdir)
+    block = model.cfg.block_size
+    new = args.max_new_tokens or max(1, block // 4)
+    if not 1 <= new < block:
+        raise GptjaxError(f"--max_new_tokens must be between 1 and {block - 1} (the context is "
+                          f"{block} tokens)")
+    width = block - new  # prompt slots: the most recent tokens of the conversation
+    history: list[int] = []
+    key = jax.random.key(args.seed)
+    interactive = sys.stdin.isatty()
+    print(f"gptjax chat: {args.workdir} (step {model.step}), plain continuation; /quit to leave",
+          file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            return 0
+        try:
+            ids = model.tokenizer.encode(line)
+        except GptjaxError as e:  # e.g. a character the char tokenizer never saw: try again
+            print(f"gptjax: {e}", file=sys.stderr)
+            continue
+        history = (history + ids)[-width:]
+        prompt = np.zeros((1, width), np.int32)
+        prompt[0, width - len(history):] = history
+        key, sub = jax.random.split(key)
+        tokens, _, lengths = sampling.generate(
+            model.params, model.cfg, prompt, np.array([len(history)], np.int32), sub[None], new,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        reply = np.asarray(tokens)[0, :int(lengths[0])].tolist()
+        history = (history + reply)[-width:]
+        print(f"model> {model.tokenizer.decode(reply)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
