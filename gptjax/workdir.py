@@ -23,7 +23,7 @@ from gptjax.model import GPT, GPTConfig
 @dataclasses.dataclass
 class TrainedModel:
     cfg: GPTConfig
-    params: Any  # host numpy arrays
+    params: Any  # on the default device, placed once
     tokenizer: Tokenizer
     step: int
 
@@ -50,4 +50,6 @@ def load(workdir: str) -> TrainedModel:
     shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
     step, params = restore_params(workdir, shapes)
-    return TrainedModel(cfg, params, tokenizer, step)
+    # Place the weights once: handing host arrays to every generate call (each chat turn) would
+    # copy all of them to the device again each time.
+    return TrainedModel(cfg, jax.device_put(params), tokenizer, step)
