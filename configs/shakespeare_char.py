@@ -8,7 +8,7 @@ from gptjax.config import base_config
 
 def get_config():
     c = base_config()
-    c.model.vocab_size = 65  # the char vocabulary of Tiny Shakespeare (checked against the data)
+    c.model.vocab_size = 70  # Tiny Shakespeare's 65 characters + 5 special tokens (checked)
     c.model.block_size = 64
     c.model.n_layer = 4
     c.model.n_head = 4

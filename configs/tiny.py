@@ -5,7 +5,7 @@ from gptjax.config import base_config
 
 def get_config():
     c = base_config()
-    c.model.vocab_size = 65
+    c.model.vocab_size = 70  # Tiny Shakespeare's 65 characters + 5 special tokens
     c.model.block_size = 32
     c.model.n_layer = 2
     c.model.n_head = 8

@@ -11,6 +11,7 @@ import numpy as np
 
 from gptjax import sampling, workdir as workdir_lib
 from gptjax.cli import exit_on_user_error
+from gptjax.data.tokenizer import EOS
 from gptjax.errors import GptjaxError
 
 
@@ -48,16 +49,20 @@ def main(argv: list[str] | None = None) -> int:
               f"must fit the context of {model.cfg.block_size}", file=sys.stderr)
         max_new = room
     n = args.num_samples
+    eos = model.tokenizer.specials.get(EOS)  # a sample ends where its document would end
     prompts = np.tile(np.asarray(ids, np.int32), (n, 1))
     keys = jax.random.split(jax.random.key(args.seed), n)
     tokens, _, lengths = sampling.generate(
         model.params, model.cfg, prompts, np.full((n,), len(ids), np.int32), keys, max_new,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     for i in range(n):
         if n > 1:
             print(f"--- sample {i + 1} (step {model.step}) ---")
-        print(args.prompt + model.tokenizer.decode(tokens[i, :lengths[i]].tolist()), flush=True)
+        row = tokens[i, :lengths[i]].tolist()
+        if row and row[-1] == eos:  # a finished document: print it without the marker
+            row = row[:-1]
+        print(args.prompt + model.tokenizer.decode(row), flush=True)
     return 0
 
 

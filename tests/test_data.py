@@ -13,7 +13,9 @@ import pytest
 
 from gptjax.data.lm import (RandomWindows, prepare_char_corpus, read_text, train_iterator,
                             val_batches)
-from gptjax.data.tokenizer import CharTokenizer, load_tokenizer
+from gptjax.data.tokenizer import (ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, USER, CharTokenizer,
+                                   SentencePieceTokenizer, load_tokenizer, save_tokenizer,
+                                   special_id, with_special_tokens)
 from gptjax.errors import GptjaxError
 
 TEXT = "hello world\nthe quick brown fox!\n"
@@ -28,11 +30,66 @@ def test_char_tokenizer_round_trip_and_save_load(tmp_path):
     assert ids == [tok.chars.index(c) for c in "the fox é✓"]
     assert tok.decode(ids) == "the fox é✓"
     path = str(tmp_path / "tokenizer.json")
-    tok.save(path)
+    save_tokenizer(tok, path)
     loaded = load_tokenizer(path)
     assert isinstance(loaded, CharTokenizer)
     assert loaded.chars == tok.chars and loaded.vocab_size == tok.vocab_size
     assert loaded.encode("the fox é✓") == ids
+
+
+def test_char_tokenizer_special_tokens_follow_the_chars():
+    tok = CharTokenizer.train(TEXT)
+    n = len(set(TEXT))
+    assert [tok.specials[t] for t in SPECIAL_TOKENS] == list(range(n, n + len(SPECIAL_TOKENS)))
+    ids = tok.encode(f"{USER}hello{END_OF_TURN}{ASSISTANT}")
+    assert ids == [tok.specials[USER], *tok.encode("hello"), tok.specials[END_OF_TURN],
+                   tok.specials[ASSISTANT]]
+    assert tok.decode(ids) == f"{USER}hello{END_OF_TURN}{ASSISTANT}"
+
+
+def test_with_special_tokens_appends_without_moving_ids(tmp_path):
+    old = CharTokenizer.train(TEXT, specials=())
+    assert old.specials == {}
+    with pytest.raises(GptjaxError, match="sft"):
+        special_id(old, END_OF_TURN)
+    new = with_special_tokens(old)
+    assert new.encode(TEXT) == old.encode(TEXT)
+    assert new.vocab_size == old.vocab_size + len(SPECIAL_TOKENS)
+    assert special_id(new, END_OF_TURN) == old.vocab_size + SPECIAL_TOKENS.index(END_OF_TURN)
+    assert with_special_tokens(new) is new
+    save_tokenizer(new, str(tmp_path / "t.json"))
+    assert load_tokenizer(str(tmp_path / "t.json")).specials == new.specials
+
+
+def _sp_corpus():
+    english = TEXT * 20 + "the cat sat on the mat. A dog ran far away, and then came back!\n" * 30
+    chinese = "满纸荒唐言，一把辛酸泪。都云作者痴，谁解其中味？\n" * 30
+    return (english + chinese).splitlines(keepends=True)
+
+
+def test_sentencepiece_specials_round_trip_and_save_load(tmp_path):
+    tok = SentencePieceTokenizer.train(iter(_sp_corpus()), vocab_size=400)
+    assert set(tok.specials) == set(SPECIAL_TOKENS)
+    text = f"{USER}the quick 狐狸 🦊\n\n  x\t{END_OF_TURN}"
+    ids = tok.encode(text)
+    assert tok.specials[USER] == ids[0] and tok.specials[END_OF_TURN] == ids[-1]
+    assert tok.decode(ids) == text  # byte fallback: the emoji and tab were never seen
+    save_tokenizer(tok, str(tmp_path / "t.json"))
+    loaded = load_tokenizer(str(tmp_path / "t.json"))
+    assert loaded.encode(text) == ids and loaded.vocab_size == tok.vocab_size
+
+
+def test_sentencepiece_add_specials_appends_at_the_end():
+    tok = SentencePieceTokenizer.train(iter(_sp_corpus()), vocab_size=400)
+    grown = tok.add_specials(["<|tool|>"])
+    assert grown.vocab_size == tok.vocab_size + 1
+    assert grown.sp.piece_to_id("<|tool|>") == tok.vocab_size
+    assert grown.encode("the cat 满纸") == tok.encode("the cat 满纸")
+
+
+def test_sentencepiece_vocab_too_large_is_a_clear_error():
+    with pytest.raises(GptjaxError, match="vocabulary size"):
+        SentencePieceTokenizer.train(iter(["tiny corpus\n"] * 3), vocab_size=5000)
 
 
 def test_char_tokenizer_unknown_char_raises():
@@ -76,7 +133,7 @@ def test_prepare_char_corpus_splits_and_caches(tmp_path):
     assert len(splits.train) == len(text) - n_val and len(splits.val) == n_val
     assert _decoded(splits.train, splits.tokenizer) == text[:-n_val]
     assert _decoded(splits.val, splits.tokenizer) == text[-n_val:]
-    assert splits.tokenizer.vocab_size == len(set(text))
+    assert splits.tokenizer.vocab_size == len(set(text)) + len(SPECIAL_TOKENS)
 
     names = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
     def stamps():  # a rewrite replaces the file: new inode, new mtime

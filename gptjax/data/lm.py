@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
-from gptjax.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+from gptjax.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
 
 EMBEDDED_TEXT = "tinyshakespeare.txt"
@@ -63,7 +63,7 @@ def prepare_char_corpus(text_path: str, out_dir: str, val_fraction: float) -> To
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, "meta.json")
-    key = {"source_sha256": digest, "val_fraction": val_fraction, "tokenizer": "char"}
+    key = {"source_sha256": digest, "val_fraction": val_fraction, "tokenizer": "char+specials"}
     tok_path = os.path.join(out_dir, "tokenizer.json")
     if os.path.exists(meta_path):
         with open(meta_path) as f:
@@ -80,11 +80,16 @@ def prepare_char_corpus(text_path: str, out_dir: str, val_fraction: float) -> To
         tmp = os.path.join(out_dir, f"{name}.bin.tmp")
         part.tofile(tmp)
         os.replace(tmp, os.path.join(out_dir, f"{name}.bin"))
-    tok.save(tok_path)
+    save_tokenizer(tok, tok_path)
     with open(meta_path + ".tmp", "w") as f:
         json.dump({**key, "source": text_path, "tokens": len(ids), "vocab_size": tok.vocab_size}, f)
     os.replace(meta_path + ".tmp", meta_path)
     return _open_splits(out_dir, tok)
+
+
+def corpus_for(data_config, out_dir: str) -> TokenSplits:
+    """The token splits a pretraining run reads, per the config's `data` section."""
+    return prepare_char_corpus(data_config.text_path, out_dir, data_config.val_fraction)
 
 
 def _open_splits(out_dir: str, tok: Tokenizer) -> TokenSplits:

@@ -18,6 +18,7 @@ from gptjax import config as config_lib
 from gptjax import losses, sharding, step as step_lib
 from gptjax.checkpoint import Checkpointer
 from gptjax.data import lm as lm_data
+from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError, TrainingDiverged
 from gptjax.metrics import MetricsWriter, Progress, peak_flops_per_device
 from gptjax.model import GPT
@@ -122,14 +123,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     train_step, eval_step = p.train_step, p.eval_step
     is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    splits = lm_data.prepare_char_corpus(
-        config.data.text_path, os.path.join(workdir, "data"), config.data.val_fraction)
+    splits = lm_data.corpus_for(config.data, os.path.join(workdir, "data"))
     if splits.tokenizer.vocab_size > mcfg.vocab_size:
         raise GptjaxError(
             f"the tokenizer has {splits.tokenizer.vocab_size} tokens but model.vocab_size="
             f"{mcfg.vocab_size}; set --config.model.vocab_size={splits.tokenizer.vocab_size}")
     if is_chief:
-        splits.tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+        save_tokenizer(splits.tokenizer, os.path.join(workdir, "tokenizer.json"))
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
 
