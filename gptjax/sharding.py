@@ -109,6 +109,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Assemble a global array from this process's rows (each process passes its own slice)."""
-    return jax.make_array_from_process_local_data(sharding, local)
+def global_batch(local: Any, sharding: NamedSharding) -> Any:
+    """Assemble global arrays from this process's rows (each process passes its own slice);
+    `local` is one array or a pytree of them, all laid out by `sharding`."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)

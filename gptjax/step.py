@@ -116,15 +116,18 @@ def jit_train_step(step_fn, state_shardings: Any, batch_shardings: Any, mesh: Me
 
 
 def jit_eval_step(loss_fn: LossFn, param_shardings: Any, mesh: Mesh, rules: sharding.Rules):
-    """Mean forward-only loss over a stack of batches (n, B, ...) in one program (no dropout).
+    """Means of the forward-only loss and aux metrics over a stack of batches (n, B, ...), in
+    one program (no dropout): {'loss': mean, **{name: mean}}.
 
     One dispatch for the whole validation set: besides saving n-1 launches, this keeps
     independent collective programs from being in flight together, which XLA:CPU's multi-device
     runtime can deadlock on.
     """
     def eval_fn(params, batches):
-        losses = jax.lax.map(lambda b: loss_fn(params, b, None)[0], batches)
-        return losses.mean()
+        def one(b):
+            loss, aux = loss_fn(params, b, None)
+            return {"loss": loss, **aux}
+        return jax.tree.map(jnp.mean, jax.lax.map(one, batches))
     stacked = NamedSharding(mesh, P(None, sharding.batch_axes(rules)))
     return jax.jit(eval_fn, in_shardings=(param_shardings, stacked),
                    out_shardings=sharding.replicated(mesh))

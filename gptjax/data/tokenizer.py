@@ -152,7 +152,8 @@ class SentencePieceTokenizer:
             if "Vocabulary size is too high" in msg or "vocab_size" in msg:
                 raise GptjaxError(
                     f"sentencepiece cannot build {vocab_size} tokens from this corpus "
-                    f"({msg.strip()}); lower the tokenizer vocabulary size or give it more text") from None
+                    f"({msg.strip()}); lower the tokenizer vocabulary size or give it more "
+                    "text") from None
             raise GptjaxError(f"sentencepiece training failed: {msg.strip()}") from None
         return cls(out.getvalue())
 
