@@ -16,13 +16,17 @@ from gptjax import axes
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("pretrain",)
+STAGES = ("pretrain", "sft", "reward")
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"
     c.seed = 0
+    # sft / reward: the workdir whose latest parameters start this stage (its model shape and
+    # tokenizer are used; its optimizer state is not). Runtime model options (dropout, dtype,
+    # remat, attention) still come from this config's `model` section.
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict(dataclasses.asdict(GPTConfig()))
 
@@ -31,6 +35,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = "char"
     c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split (nanoGPT)
     c.data.seq_len = 0  # training window; 0 = model.block_size
+    # sft / reward: the folder holding the data sets, and which of them to use with what weight
+    c.data.root = "../shared/data"
+    c.data.mixture = ""  # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"
+    c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
+
+    c.reward = ml_collections.ConfigDict()
+    # After training, subtract the mean reward of the init model's own answers to this many
+    # training prompts (InstructGPT's normalisation before PPO); 0 = no normalisation.
+    c.reward.normalize_prompts = 64
+    c.reward.normalize_max_new_tokens = 64
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000

@@ -316,3 +316,22 @@ def mask_padded_logits(logits: Array, vocab_size: int) -> Array:
         return logits
     valid = jnp.arange(logits.shape[-1]) < vocab_size
     return jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
+
+
+class RewardModel(nn.Module):
+    """The GPT trunk with a scalar head read at the last real token of each sequence.
+
+    tokens (B, T) right-padded, lengths (B,) -> rewards (B,). The trunk's parameters live under
+    'trunk' with the same tree as `GPT`'s, so an SFT checkpoint initialises it directly; the
+    head is a (C,) -> 1 projection (the output embedding is unused).
+    """
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, lengths: Array, deterministic: bool = True) -> Array:
+        h = GPT(self.cfg, name="trunk").hidden(tokens, deterministic=deterministic)  # (B, T, C)
+        last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]  # (B, C)
+        r = Linear((1,), (axes.EMBED, None), std=1.0 / math.sqrt(self.cfg.n_embd + 1),
+                   dtype=jnp.float32, name="head")(last.astype(jnp.float32))
+        return r[:, 0]

@@ -21,6 +21,12 @@ def run(config, workdir: str):
     if config.stage == "pretrain":
         from gptjax.loops import pretrain
         return pretrain.run(config, workdir)
+    if config.stage == "sft":
+        from gptjax.loops import sft
+        return sft.run(config, workdir)
+    if config.stage == "reward":
+        from gptjax.loops import reward
+        return reward.run(config, workdir)
     from gptjax.config import validate
     validate(config)  # raises for an unknown stage
 

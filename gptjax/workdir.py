@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gptjax.checkpoint import restore_params
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer
@@ -43,13 +44,44 @@ def model_config(workdir: str) -> GPTConfig:
         raise GptjaxError(f"{path} has no valid 'model' section ({e})") from None
 
 
-def load(workdir: str) -> TrainedModel:
-    """Config, tokenizer and the latest checkpoint's parameters (not the optimizer moments)."""
+def stage(workdir: str) -> str:
+    """The stage that trained the workdir ('pretrain', 'sft', 'reward', ...)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f).get("stage", "pretrain")
+
+
+def load_host(workdir: str) -> TrainedModel:
+    """Config, tokenizer and the latest checkpoint's GPT parameters as host numpy arrays."""
     cfg = model_config(workdir)
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
     shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
     step, params = restore_params(workdir, shapes)
+    return TrainedModel(cfg, params, tokenizer, step)
+
+
+def load(workdir: str) -> TrainedModel:
+    """Config, tokenizer and the latest checkpoint's parameters (not the optimizer moments)."""
+    m = load_host(workdir)
     # Place the weights once: handing host arrays to every generate call (each chat turn) would
     # copy all of them to the device again each time.
-    return TrainedModel(cfg, jax.device_put(params), tokenizer, step)
+    return dataclasses.replace(m, params=jax.device_put(m.params))
+
+
+def grow_vocab(params: Any, cfg: GPTConfig, vocab_size: int) -> tuple[Any, GPTConfig]:
+    """Parameters and config for a vocabulary grown to `vocab_size` (new ids at the end).
+
+    The new embedding rows start at the mean of the existing rows (so new tokens begin with
+    ordinary logits instead of random ones); rows past the vocabulary (padding) stay zero.
+    """
+    if vocab_size < cfg.vocab_size:
+        raise GptjaxError(f"cannot shrink the vocabulary from {cfg.vocab_size} to {vocab_size}")
+    if vocab_size == cfg.vocab_size:
+        return params, cfg
+    new_cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+    wte = np.asarray(params["wte"]["embedding"])
+    grown = np.zeros((new_cfg.padded_vocab_size, wte.shape[1]), wte.dtype)
+    grown[:cfg.vocab_size] = wte[:cfg.vocab_size]
+    grown[cfg.vocab_size:vocab_size] = wte[:cfg.vocab_size].mean(0)
+    params = {**params, "wte": {**params["wte"], "embedding": grown}}
+    return params, new_cfg

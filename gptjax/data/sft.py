@@ -1,0 +1,259 @@
+"""SFT data: the shipped dialogue sets -> conversations -> rendered, packed (B, T+1) batches.
+
+Readers turn each data set of `../shared/data` into conversations (lists of role/content
+turns). A mixture string such as "topical-chat:1,gsm8k:0.5" names the sources and their
+sampling weights. Every conversation is rendered by `gptjax.data.chat.render` and cut to the
+longest prefix of whole turns that fits the window and ends with an assistant turn. The grain
+pipeline mixes the sources by weight (`MapDataset.mix`), shuffles per epoch, gives each process
+every process_count-th conversation, and packs conversations first-fit into rows of T+1 tokens
+(`grain.experimental.FirstFitPackIterDataset`) with segment ids and positions that restart per
+conversation, so attention never crosses from one conversation into another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+
+import grain
+import numpy as np
+
+from gptjax.data.chat import Conversation, parse_human_assistant, render
+from gptjax.data.tokenizer import Tokenizer
+from gptjax.errors import GptjaxError
+
+Example = tuple[np.ndarray, np.ndarray]  # (ids (L,), loss mask (L,))
+
+
+def _need(path: str) -> str:
+    if not os.path.exists(path):
+        raise GptjaxError(f"data file {path} does not exist; set --config.data.root to the folder "
+                          "holding the data sets (the repository's ../shared/data)")
+    return path
+
+
+def read_hh_rlhf_chosen(root: str) -> list[Conversation]:
+    """hh-rlhf harmless-base: the human-preferred ('chosen') transcript of each pair."""
+    path = _need(os.path.join(root, "hh-rlhf-harmless-base-test", "test.jsonl.gz"))
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [parse_human_assistant(json.loads(line)["chosen"]) for line in f if line.strip()]
+
+
+def _alternating(messages: Sequence[str]) -> Conversation:
+    """Two-party dialogue: the first speaker is the user, the second the assistant."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": m.strip()}
+            for i, m in enumerate(messages)]
+
+
+def read_topical_chat(root: str) -> list[Conversation]:
+    """Topical-Chat (knowledge-grounded chit-chat between two crowd workers)."""
+    out = []
+    for name in ("valid_freq", "valid_rare", "test_freq", "test_rare"):
+        with open(_need(os.path.join(root, "topical-chat", f"{name}.json")), encoding="utf-8") as f:
+            data = json.load(f)
+        for key in sorted(data):
+            out.append(_alternating([t["message"] for t in data[key]["content"]]))
+    return out
+
+
+def read_kdconv(root: str) -> list[Conversation]:
+    """KdConv (Chinese knowledge-driven dialogues: film, music, travel)."""
+    out = []
+    for domain in ("film", "music", "travel"):
+        for split in ("dev", "test"):
+            path = _need(os.path.join(root, "kdconv", domain, f"{split}.json"))
+            with open(path, encoding="utf-8") as f:
+                for conv in json.load(f):
+                    out.append(_alternating([m["message"] for m in conv["messages"]]))
+    return out
+
+
+def read_gsm8k(root: str) -> list[Conversation]:
+    """GSM8K train split: the question as the user turn, the worked answer as the reply."""
+    out = []
+    with open(_need(os.path.join(root, "gsm8k", "train.jsonl")), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                out.append([{"role": "user", "content": r["question"]},
+                            {"role": "assistant", "content": r["answer"]}])
+    return out
+
+
+def read_self_instruct(root: str) -> list[Conversation]:
+    """Self-Instruct's 175 human-written seed tasks: instruction (+ input) -> output."""
+    out = []
+    path = _need(os.path.join(root, "self-instruct", "seed_tasks.jsonl"))
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            for inst in r["instances"]:
+                prompt = r["instruction"] + (f"\n\n{inst['input']}" if inst["input"] else "")
+                out.append([{"role": "user", "content": prompt},
+                            {"role": "assistant", "content": inst["output"]}])
+    return out
+
+
+READERS: dict[str, Callable[[str], list[Conversation]]] = {
+    "hh-rlhf": read_hh_rlhf_chosen, "topical-chat": read_topical_chat, "kdconv": read_kdconv,
+    "gsm8k": read_gsm8k, "self-instruct": read_self_instruct,
+}
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """"a:1,b:0.5" -> [('a', 1.0), ('b', 0.5)]; a name without weight has weight 1."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, w = part.partition(":")
+        if name not in READERS:
+            raise GptjaxError(f"data.mixture names unknown data set {name!r}; known: "
+                              f"{sorted(READERS)}")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise GptjaxError(f"data.mixture weight {w!r} of {name} is not a number") from None
+        if weight <= 0:
+            raise GptjaxError(f"data.mixture weight of {name} must be > 0 (got {weight})")
+        out.append((name, weight))
+    if not out:
+        raise GptjaxError("data.mixture is empty; name at least one data set, e.g. "
+                          "'topical-chat:1,gsm8k:0.5'")
+    return out
+
+
+@dataclasses.dataclass
+class Stats:
+    conversations: int = 0
+    unencodable: int = 0  # a character the (char) tokenizer cannot encode
+    too_long: int = 0  # not even the first assistant turn fits the window
+    cut: int = 0  # later turns dropped to fit the window
+
+    def kept(self) -> int:
+        return self.conversations - self.unencodable - self.too_long
+
+
+def fit_window(conversation: Conversation, tok: Tokenizer, max_len: int) -> Example | None:
+    """Render the longest prefix of whole turns that fits max_len tokens and ends with an
+    assistant turn; None when no such prefix exists."""
+    ids, mask = render(conversation, tok)
+    if len(ids) <= max_len:
+        return ids, mask
+    for n in range(len(conversation) - 1, 0, -1):
+        if conversation[n - 1]["role"] != "assistant":
+            continue
+        ids, mask = render(conversation[:n], tok)
+        if len(ids) <= max_len:
+            return ids, mask
+    return None
+
+
+def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
+             ) -> tuple[list[Example], Stats]:
+    stats = Stats(conversations=len(conversations))
+    out = []
+    for conv in conversations:
+        try:
+            ex = fit_window(conv, tok, max_len)
+        except GptjaxError as e:
+            if "not in this char tokenizer's vocabulary" not in str(e):
+                raise
+            stats.unencodable += 1
+            continue
+        if ex is None:
+            stats.too_long += 1
+            continue
+        if len(ex[0]) < len(render(conv, tok)[0]):
+            stats.cut += 1
+        out.append(ex)
+    return out, stats
+
+
+def split(conversations: list[Conversation], val_fraction: float
+          ) -> tuple[list[Conversation], list[Conversation]]:
+    """A fixed train/validation split (seed 0, whatever the run's seed): the held-out part is
+    the same for every run, so validation losses compare across runs."""
+    order = list(range(len(conversations)))
+    random.Random(0).shuffle(order)
+    n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [conversations[i] for i in train], [conversations[i] for i in val]
+
+
+def _as_record(ex: Example) -> dict[str, np.ndarray]:
+    return {"tokens": ex[0], "weights": ex[1]}
+
+
+def _pack(ds: grain.IterDataset, width: int, rows: int, shuffle: bool, seed: int
+          ) -> grain.IterDataset:
+    packed = grain.experimental.FirstFitPackIterDataset(
+        ds, length_struct={"tokens": width, "weights": width}, num_packing_bins=rows,
+        seed=seed, shuffle_bins=shuffle)
+    return packed.map(_batch_fields).batch(rows)
+
+
+def _batch_fields(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"tokens": x["tokens"].astype(np.int32), "weights": x["weights"].astype(np.float32),
+            "segment_ids": x["tokens_segment_ids"].astype(np.int32),
+            "positions": x["tokens_positions"].astype(np.int32)}
+
+
+def _rows(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise GptjaxError(f"train.batch_size={global_batch} must divide among "
+                          f"{process_count} processes")
+    return global_batch // process_count
+
+
+def train_iterator(sources: Sequence[list[Example]], weights: Sequence[float], seq_len: int,
+                   global_batch: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+    """Checkpointable iterator of this process's packed rows: dicts of (rows, T+1) arrays
+    'tokens', 'weights' (loss mask), 'segment_ids' (0 = padding) and 'positions'."""
+    rows = _rows(global_batch, process_count)
+    parts = [grain.MapDataset.source(ex).shuffle(seed=seed + i).repeat()
+             for i, ex in enumerate(sources)]
+    mixed = grain.MapDataset.mix(parts, weights=list(weights)) if len(parts) > 1 else parts[0]
+    mine = mixed[process_index::process_count].map(_as_record)
+    return iter(_pack(mine.to_iter_dataset(), seq_len + 1, rows, True, seed))
+
+
+def val_batches(examples: list[Example], seq_len: int, global_batch: int, num_batches: int,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    """The fixed validation set, packed the same way: dict of (num_batches, rows, T+1)."""
+    if not examples:
+        raise GptjaxError("the validation split is empty; raise data.val_fraction")
+    rows = _rows(global_batch, process_count)
+    ds = grain.MapDataset.source(examples).repeat()[process_index::process_count]
+    it = iter(_pack(ds.map(_as_record).to_iter_dataset(), seq_len + 1, rows, False, 0))
+    batches = [next(it) for _ in range(num_batches)]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float
+         ) -> tuple[list[list[Example]], list[float], list[Example], dict[str, Stats]]:
+    """(per-source train examples, weights, pooled validation examples, per-source stats)."""
+    train, weights, val, stats = [], [], [], {}
+    for name, weight in parse_mixture(mixture):
+        convs = READERS[name](root)
+        tr, va = split(convs, val_fraction)
+        ex_tr, st = tokenize(tr, tok, seq_len + 1)
+        ex_va, st_va = tokenize(va, tok, seq_len + 1)
+        for f in dataclasses.fields(Stats):
+            setattr(st, f.name, getattr(st, f.name) + getattr(st_va, f.name))
+        stats[name] = st
+        if not ex_tr:
+            raise GptjaxError(
+                f"no conversation of {name} can be used: {st.unencodable} have characters the "
+                f"tokenizer lacks, {st.too_long} do not fit data.seq_len={seq_len} with one "
+                "assistant turn. Raise data.seq_len or use a tokenizer that covers the text.")
+        train.append(ex_tr)
+        weights.append(weight)
+        val.extend(ex_va)
+    return train, weights, val, stats

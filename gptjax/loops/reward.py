@@ -1,0 +1,100 @@
+"""Stage `reward`: the reward model, trained on human rankings of K answers per prompt.
+
+`run(config, workdir)`: start the GPT trunk from `config.init_from` (the SFT workdir) with a
+fresh scalar head, train on the preference data of `config.data.mixture` with InstructGPT's
+ranking loss (all K answers of a prompt in one batch), then
+1. evaluate pairwise accuracy on the held-out records (`reward_eval.json`: accuracy, number of
+   labeled pairs, standard error sqrt(a(1-a)/n), chance level 0.5), and
+2. normalise: sample the init model's answers to `reward.normalize_prompts` training prompts
+   and store their mean reward as the offset every later score subtracts
+   (`reward_normalization.json`), so the SFT policy starts PPO at mean reward 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gptjax import config as config_lib
+from gptjax import reward_model as rm
+from gptjax.data import preferences
+from gptjax.loops import finetune, trainer
+from gptjax.model import RewardModel
+
+
+def _val_stack(val: list, global_batch: int, num_batches: int, pidx: int, pcount: int):
+    """The fixed validation batches used during training: (n, rows, ...) per field."""
+    rows = global_batch // pcount
+    n = num_batches * global_batch
+    picked = [val[i % len(val)] for i in range(n)]
+    batches = [picked[b * global_batch:(b + 1) * global_batch][pidx * rows:(pidx + 1) * rows]
+               for b in range(num_batches)]
+    return {k: np.stack([np.stack([r[k] for r in b]) for b in batches]) for k in picked[0]}
+
+
+def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
+    """Pairwise accuracy over every labeled pair of the held-out records."""
+    data = preferences.stack(val)
+    n, k, t = data["tokens"].shape
+    scores = rm.score_tokens(params, cfg, data["tokens"].reshape(n * k, t),
+                             data["lengths"].reshape(n * k)).reshape(n, k)
+    margin = scores[:, :, None] - scores[:, None, :]
+    pairs = int(data["pref"].sum())
+    acc = float(((margin > 0) * data["pref"]).sum() / max(pairs, 1))
+    return {"accuracy": acc, "pairs": pairs, "records": n, "chance": 0.5,
+            "stderr": math.sqrt(acc * (1 - acc) / max(pairs, 1))}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
+    s = finetune.start(config, workdir)
+    tcfg, seq_len = config.train, config_lib.seq_len(config)
+    data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
+                            config.data.val_fraction, config.data.max_examples)
+    finetune.write_json(workdir, "data_stats.json", data.stats)
+    model = RewardModel(s.cfg)
+
+    def init(r):
+        tokens, lengths = jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)
+        return model.init(r, tokens, lengths)["params"]
+
+    compiled = trainer.compile_stage(config, init, rm.rm_loss_fn(model, s.cfg.dropout > 0))
+
+    def initial_params():
+        head = nn.unbox(jax.jit(init)(jax.random.key(config.seed)))["head"]
+        return {"trunk": s.params, "head": jax.device_get(head)}
+
+    pidx, pcount = jax.process_index(), jax.process_count()
+    train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount)
+    val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
+    answers = tcfg.batch_size * data.k_max
+    result = trainer.fit(config, workdir, compiled, train_it, val_set, stage="reward",
+                         tokens_per_step=answers * seq_len,
+                         flops_per_token=s.cfg.flops_per_token(seq_len),
+                         num_params=s.cfg.num_params(non_embedding=False),
+                         initial_params=initial_params)
+    if result.interrupted_by is not None:
+        return result
+    params = jax.device_get(result.state.params)
+    report = heldout_accuracy(params, s.cfg, data.val)
+    finetune.write_json(workdir, "reward_eval.json", report)
+    msg = (f"reward model held-out accuracy {report['accuracy']:.3f} ± {report['stderr']:.3f} "
+           f"on {report['pairs']} pairs (chance 0.5)")
+    n = min(config.reward.normalize_prompts, len(data.train_prompts))
+    if n > 0:
+        prompts = data.train_prompts[:n]
+        replies = rm.sample_answers(s.params, s.cfg, s.tokenizer, prompts,
+                                    config.reward.normalize_max_new_tokens, config.seed)
+        tokens, lengths = rm.encode_answers(s.tokenizer, list(zip(prompts, replies)), seq_len)
+        raw = rm.score_tokens(params, s.cfg, tokens, lengths)
+        norm = {"offset": float(raw.mean()), "std": float(raw.std()), "prompts": n,
+                "init_from": config.init_from}
+        finetune.write_json(workdir, rm.NORMALIZATION_FILE, norm)
+        msg += f"; offset {norm['offset']:.4f} (mean reward of {n} SFT answers)"
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+    return result
