@@ -1,7 +1,10 @@
 """`python -m gptjax.chat --workdir DIR`: talk to a trained model in the terminal.
 
-Until a model has been through SFT (and so has a chat template), a turn is plain continuation:
-the conversation so far plus your line is the prompt, and the model's continuation is its reply.
+A model fine-tuned with stage `sft` speaks in turns: your line becomes a user turn, the prompt
+is the conversation rendered with the chat template (gptjax.data.chat) ending in <|assistant|>,
+and the reply runs until the model's end-of-turn token. Before SFT (a pretrained model) a turn
+is plain continuation: the conversation so far plus your line is the prompt, and the model's
+continuation is its reply.
 Every turn uses one compiled decoder: the prompt is left-padded to a fixed length (the context
 minus --max_new_tokens), keeping the most recent text when the conversation outgrows it.
 Type /quit or end the input (Ctrl-D) to leave.
@@ -17,6 +20,8 @@ import numpy as np
 
 from gptjax import sampling, workdir as workdir_lib
 from gptjax.cli import exit_on_user_error
+from gptjax.data.chat import has_chat_tokens, render_prompt
+from gptjax.data.tokenizer import END_OF_TURN
 from gptjax.errors import GptjaxError
 
 
@@ -30,6 +35,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max_new_tokens", type=int, default=0,
                     help="reply length in tokens (default: a quarter of the context)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--system", default="", help="a system turn opening the conversation "
+                    "(chat models only)")
     return ap.parse_args(argv)
 
 
@@ -44,9 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"{block} tokens)")
     width = block - new  # prompt slots: the most recent tokens of the conversation
     history: list[int] = []
+    tok = model.tokenizer
+    turns = workdir_lib.stage(args.workdir) != "pretrain" and has_chat_tokens(tok)
+    conversation = [{"role": "system", "content": args.system}] if args.system else []
+    eos = tok.specials[END_OF_TURN] if turns else None
     key = jax.random.key(args.seed)
     interactive = sys.stdin.isatty()
-    print(f"gptjax chat: {args.workdir} (step {model.step}), plain continuation; /quit to leave",
+    mode = "chat template" if turns else "plain continuation"
+    print(f"gptjax chat: {args.workdir} (step {model.step}), {mode}; /quit to leave",
           file=sys.stderr)
     while True:
         if interactive:
@@ -55,20 +67,28 @@ def main(argv: list[str] | None = None) -> int:
         if not line or line.strip() == "/quit":
             return 0
         try:
-            ids = model.tokenizer.encode(line)
+            if turns:
+                asked = [*conversation, {"role": "user", "content": line.rstrip("\n")}]
+                history = render_prompt(asked, tok)[-width:]
+            else:
+                history = (history + tok.encode(line))[-width:]
         except GptjaxError as e:  # e.g. a character the char tokenizer never saw: try again
             print(f"gptjax: {e}", file=sys.stderr)
             continue
-        history = (history + ids)[-width:]
         prompt = np.zeros((1, width), np.int32)
         prompt[0, width - len(history):] = history
         key, sub = jax.random.split(key)
         tokens, _, lengths = sampling.generate(
             model.params, model.cfg, prompt, np.array([len(history)], np.int32), sub[None], new,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
         reply = np.asarray(tokens)[0, :int(lengths[0])].tolist()
-        history = (history + reply)[-width:]
-        print(f"model> {model.tokenizer.decode(reply)}", flush=True)
+        if turns:
+            if reply and reply[-1] == eos:
+                reply = reply[:-1]
+            conversation = [*asked, {"role": "assistant", "content": tok.decode(reply)}]
+        else:
+            history = (history + reply)[-width:]
+        print(f"model> {tok.decode(reply)}", flush=True)
 
 
 if __name__ == "__main__":
