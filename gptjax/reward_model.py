@@ -78,9 +78,12 @@ def encode_answers(tok: Tokenizer, items: list[tuple[Conversation, str]], seq_le
 
 def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: list[Conversation],
                    max_new_tokens: int, seed: int, temperature: float = 1.0) -> list[str]:
-    """One sampled assistant reply per prompt from a chat model (stops at <|end|>)."""
+    """One sampled assistant reply per prompt from a chat model (stops at <|end|>).
+
+    Replies get at most half the context; prompts keep their most recent tokens."""
+    max_new_tokens = max(1, min(max_new_tokens, cfg.block_size // 2))
     width = cfg.block_size - max_new_tokens
-    ids = [render_prompt(p, tok)[-width:] for p in prompts]
+    ids = [(x := render_prompt(p, tok))[max(0, len(x) - width):] for p in prompts]
     p = max(len(x) for x in ids)
     batch = np.zeros((len(ids), p), np.int32)
     for i, x in enumerate(ids):

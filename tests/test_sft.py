@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,52 @@ def test_readers_give_conversations_with_assistant_turns(name):
 def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(GptjaxError, match="data.root"):
         sft_data.read_gsm8k(str(tmp_path))
+
+
+# --- starting from another workdir -------------------------------------------------------------
+
+def _sft_config(init_from):
+    from conftest import load_config
+    c = load_config("sft")
+    c.init_from = str(init_from)
+    return c
+
+
+def test_start_from_a_missing_or_same_workdir_is_a_clear_error(tmp_path):
+    from gptjax.loops import finetune
+    with pytest.raises(GptjaxError, match="init_from"):
+        finetune.start(_sft_config(""), str(tmp_path / "out"))
+    with pytest.raises(GptjaxError, match="no such directory"):
+        finetune.start(_sft_config(tmp_path / "nope"), str(tmp_path / "out"))
+    with pytest.raises(GptjaxError, match="the same folder"):
+        finetune.start(_sft_config(tmp_path / "out"), str(tmp_path / "out"))
+
+
+def test_start_grows_the_vocabulary_and_rejects_a_foreign_tokenizer(trained, tmp_path):
+    import shutil
+
+    from gptjax.data.tokenizer import SPECIAL_TOKENS, save_tokenizer
+    from gptjax.loops import finetune
+    from gptjax.workdir import grow_vocab, load_host
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    base = load_host(str(old))
+    # A workdir from before the special tokens: its tokenizer has the 65 characters only.
+    save_tokenizer(CharTokenizer(base.tokenizer.chars), str(old / "tokenizer.json"))
+    s = finetune.start(_sft_config(old), str(tmp_path / "sft"))
+    assert s.tokenizer.vocab_size == 65 + len(SPECIAL_TOKENS) == s.cfg.vocab_size  # 70 rows
+    np.testing.assert_array_equal(s.params["wte"]["embedding"], base.params["wte"]["embedding"])
+    # A model whose vocabulary has 65 rows grows to 70: new rows at the mean embedding.
+    small = dataclasses.replace(base.cfg, vocab_size=65)
+    params, cfg = grow_vocab(base.params, small, 70)
+    wte, before = params["wte"]["embedding"], base.params["wte"]["embedding"]
+    assert cfg.vocab_size == 70
+    np.testing.assert_array_equal(wte[:65], before[:65])
+    np.testing.assert_allclose(wte[65:70], np.broadcast_to(before[:65].mean(0), (5, wte.shape[1])),
+                               rtol=1e-5)
+    assert not wte[70:].any()
+    # A tokenizer with more tokens than the checkpoint's model: not this model's vocabulary.
+    save_tokenizer(CharTokenizer([chr(0x4e00 + i) for i in range(200)]),
+                   str(old / "tokenizer.json"))
+    with pytest.raises(GptjaxError, match="another vocabulary"):
+        finetune.start(_sft_config(old), str(tmp_path / "sft2"))

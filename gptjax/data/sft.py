@@ -248,12 +248,14 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
         for f in dataclasses.fields(Stats):
             setattr(st, f.name, getattr(st, f.name) + getattr(st_va, f.name))
         stats[name] = st
-        if not ex_tr:
-            raise GptjaxError(
-                f"no conversation of {name} can be used: {st.unencodable} have characters the "
-                f"tokenizer lacks, {st.too_long} do not fit data.seq_len={seq_len} with one "
-                "assistant turn. Raise data.seq_len or use a tokenizer that covers the text.")
-        train.append(ex_tr)
-        weights.append(weight)
-        val.extend(ex_va)
+        if ex_tr:  # a source with nothing usable is reported in the stats and left out
+            train.append(ex_tr)
+            weights.append(weight)
+            val.extend(ex_va)
+    if not train:
+        detail = "; ".join(f"{n}: {st.unencodable} with characters the tokenizer lacks, "
+                           f"{st.too_long} too long" for n, st in stats.items())
+        raise GptjaxError(
+            f"no conversation can be used ({detail}). Raise data.seq_len (up to the model's "
+            "block size) or start from a model whose tokenizer covers the text.")
     return train, weights, val, stats
