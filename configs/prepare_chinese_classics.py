@@ -40,7 +40,7 @@ def get_config():
     p.repetition.max_dup_line_frac = 0.5
     p.repetition.max_dup_line_char_frac = 0.5
     p.repetition.top_ngram = ((2, 0.3), (3, 0.3), (4, 0.3))  # refrains are a poetic device
-    p.repetition.dup_ngram = ((5, 0.4), (10, 0.3))
+    p.repetition.dup_ngram = ((10, 0.5),)  # the Classic of Poetry repeats whole stanzas
     p.val_fraction = 0.02
     p.num_shards = 4
     p.tokenizer.vocab_size = 12000  # the corpus has ~8,500 distinct characters at 0.9995 coverage

@@ -29,6 +29,7 @@ import ml_collections
 
 from gptjax import config as config_lib
 from gptjax.data import pipeline, readers, report as report_lib
+from gptjax.data.filters import load_blocklist
 from gptjax.data.shards import PREPARED, finished_key, write_meta
 from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError
@@ -46,19 +47,25 @@ class PrepareResult:
     interrupted_by: int | None = None  # the train entry point's contract
 
 
-def input_key(files: list[str], prepare: ml_collections.ConfigDict) -> str:
-    """sha256 over the pipeline version, the prepare config section and each file's bytes."""
+def _file_digest(path: str) -> bytes:
     h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def input_key(files: list[str], prepare: ml_collections.ConfigDict) -> str:
+    """sha256 over the pipeline version, the prepare config section and the bytes of each input
+    file and of the URL blocklist. Paths are left out (the contents are what count), so moved
+    or copied data is still recognised."""
     section = json.loads(config_lib.to_json(prepare))
-    section.pop("inputs", None)  # paths may move; the contents below are what count
-    h.update(json.dumps({"version": PIPELINE_VERSION, "prepare": section},
-                        sort_keys=True).encode())
-    for path in files:
-        fh = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                fh.update(block)
-        h.update(fh.digest())
+    section.pop("inputs")
+    blocklist = section["filters"].pop("url_blocklist")
+    h = hashlib.sha256(json.dumps({"version": PIPELINE_VERSION, "prepare": section},
+                                  sort_keys=True).encode())
+    for path in files + ([blocklist] if blocklist else []):
+        h.update(_file_digest(path))
     return h.hexdigest()
 
 
@@ -74,6 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> PrepareResult:
     p = config.prepare
     config_lib.validate_prepare(p)
     files = readers.expand_inputs(p.inputs)
+    load_blocklist(p.filters.url_blocklist)  # a missing blocklist fails before any work
     os.makedirs(workdir, exist_ok=True)
     _recover(workdir)
     out = os.path.join(workdir, OUT)
