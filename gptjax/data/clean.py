@@ -21,11 +21,18 @@ _KEEP_FORMAT = {"\u200c", "\u200d"}  # ZWNJ, ZWJ: they change how scripts and em
 @functools.lru_cache(maxsize=1)
 def _control_re() -> re.Pattern:
     """C0/C1 controls except tab and newline, and format characters (BOM, zero-width space,
-    bidi marks, soft hyphen) except ZWJ/ZWNJ."""
-    chars = [chr(c) for c in range(sys.maxunicode + 1)
-             if unicodedata.category(chr(c)) in ("Cc", "Cf")
-             and chr(c) not in "\t\n\r\x0b\x0c" and chr(c) not in _KEEP_FORMAT]
-    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]+")
+    bidi marks, soft hyphen) except ZWJ/ZWNJ, as a class of code point ranges. (Format
+    characters live in the BMP, plane 1 and the tag block of plane 14.)"""
+    points = [c for c in (*range(0x20000), *range(0xE0000, 0xE1000))
+              if unicodedata.category(chr(c)) in ("Cc", "Cf")
+              and chr(c) not in "\t\n\r\x0b\x0c" and chr(c) not in _KEEP_FORMAT]
+    ranges, start, prev = [], points[0], points[0]
+    for c in points[1:] + [-1]:
+        if c != prev + 1:
+            ranges.append(f"\\U{start:08x}" + (f"-\\U{prev:08x}" if prev > start else ""))
+            start = c
+        prev = c
+    return re.compile("[" + "".join(ranges) + "]+")
 
 
 def _cp1252_char(b: int) -> str:
