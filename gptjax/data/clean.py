@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import functools
 import re
-import sys
 import unicodedata
 
 REPLACEMENT = "\ufffd"

@@ -15,8 +15,9 @@ random odd a_i) over 64-bit shingle hashes. LSH: the signature is cut into b ban
 two documents become candidates when a band matches, with probability 1 - (1 - J^r)^b (an S
 curve around (1/b)^(1/r)). Every candidate is then verified (estimated J >= t) and only
 verification decides, so b and r are chosen for recall: the fewest candidates such that a pair
-at exactly J = t is a candidate with probability >= 0.99 (t = 0.8, k = 128: b = 21, r = 6). A document is a near duplicate when an
-earlier document (kept or not) passes verification; the first of a cluster is kept.
+at exactly J = t is a candidate with probability >= 0.99 (t = 0.8, k = 128: b = 21, r = 6).
+A document is a near duplicate when an earlier document (kept or not) passes verification; the
+first of a cluster is kept.
 """
 
 from __future__ import annotations
