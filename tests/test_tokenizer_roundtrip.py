@@ -73,3 +73,10 @@ def test_known_corner_cases(sp):
 def test_char_tokenizer_round_trip_on_its_alphabet(text):
     tok = CharTokenizer.train(text + "a")
     _round_trip(tok, text)
+
+
+def test_vocabulary_too_small_for_the_characters_is_a_clear_error():
+    from gptjax.errors import GptjaxError
+    with pytest.raises(GptjaxError, match=r"cannot hold the \d+ characters.*raise the tokenizer "
+                                          "vocabulary size"):
+        SentencePieceTokenizer.train(iter(_training_lines()), vocab_size=400)
