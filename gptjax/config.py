@@ -16,7 +16,7 @@ from gptjax import axes
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("pretrain", "sft", "reward")
+STAGES = ("prepare", "pretrain", "sft", "reward")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = "char"
     c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split (nanoGPT)
     c.data.seq_len = 0  # training window; 0 = model.block_size
+    # A `prepare` stage's workdir (or its prepared/ folder): pretrain on its token shards with
+    # its tokenizer instead of text_path's characters.
+    c.data.prepared_dir = ""
     # sft / reward: the folder holding the data sets, and which of them to use with what weight
     c.data.root = "../shared/data"
     c.data.mixture = ""  # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"
@@ -70,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay_mask = "matrices"
     c.optim.grad_clip = 1.0
 
+    c.prepare = prepare_config()
+
     c.runtime = ml_collections.ConfigDict()
     # CPU only: 0 = XLA's single host device; -1 = one device per core (fitted to the batch),
     # which makes small models ~1.5x faster when run data-parallel; n = exactly n devices.
@@ -80,6 +85,62 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
     c.lock()
     return c
+
+
+def prepare_config() -> ml_collections.ConfigDict:
+    """Stage `prepare`: raw text -> cleaned, filtered, deduplicated corpus -> tokenizer -> token
+    shards (gptjax/loops/prepare.py). Thresholds are Gopher's (Rae et al. 2021, A.1.1)."""
+    p = ml_collections.ConfigDict()
+    p.inputs = ()  # files, globs (** recurses) or directories: .txt, .json, .jsonl, each or .gz
+    p.text_field = "text"  # JSON key of the text; "a|b" = a, else b; a list of strings is joined
+    p.url_field = ""  # JSON key of the record's URL, checked against filters.url_blocklist
+    p.text_unit = "paragraph"  # plain-text documents: "file", "paragraph" (blank lines), "line"
+    p.val_fraction = 0.05  # every 1/val_fraction-th kept document goes to the validation split
+    p.num_shards = 4  # token (and corpus) shards per split, documents dealt round-robin
+    p.seed = 0
+
+    p.clean = ml_collections.ConfigDict(dict(
+        nfkc=True,  # Unicode NFKC (full-width forms -> ASCII, ligatures split, ...)
+        whitespace=True,  # newlines, Unicode spaces, runs of spaces, trailing spaces
+        control=True,  # control and invisible format characters (BOM, zero-width space, ...)
+        mojibake=True,  # repair UTF-8 that was decoded as cp1252 / latin-1 ("Ã©" -> "é")
+        max_invalid_fraction=0.01,  # drop a document whose characters are > 1% invalid bytes
+    ))
+    p.filters = ml_collections.ConfigDict(dict(
+        min_chars=1,  # length limits on the cleaned text (characters); max 0 = none
+        max_chars=1_000_000,
+        url_blocklist="",  # a file of domains, one a line; records whose URL is on it go
+        languages=(),  # keep only these langid labels (e.g. ("en", "zh")); () = all
+        quality=True,  # Gopher quality rules (thresholds in prepare.quality)
+        repetition=True,  # Gopher repetition rules (thresholds in prepare.repetition)
+    ))
+    p.quality = ml_collections.ConfigDict(dict(
+        min_words=50, max_words=100_000, min_mean_word_len=3.0, max_mean_word_len=10.0,
+        max_symbol_word_ratio=0.1,  # ("#" + "..." + "…") per word
+        max_bullet_lines=0.9, max_ellipsis_lines=0.3,  # shares of lines
+        min_alpha_words=0.8,  # share of words with a letter
+        min_stop_words=2,  # distinct words of: the be to of and that have with
+    ))
+    p.repetition = ml_collections.ConfigDict(dict(
+        max_dup_line_frac=0.3, max_dup_para_frac=0.3,  # shares repeating an earlier one
+        max_dup_line_char_frac=0.2, max_dup_para_char_frac=0.2,  # their share of characters
+        top_ngram=((2, 0.20), (3, 0.18), (4, 0.16)),  # (n, max char share of the top n-gram)
+        dup_ngram=((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)),
+    ))
+    p.dedup = ml_collections.ConfigDict(dict(
+        exact=True,  # same text after lowercasing and collapsing whitespace
+        near=True,  # MinHash + LSH
+        threshold=0.8,  # Jaccard similarity of character-n-gram sets counted as a duplicate
+        num_perm=128, ngram=5,
+        bands=0,  # 0 = chosen from threshold and num_perm (gptjax/data/dedup.py)
+    ))
+    p.tokenizer = ml_collections.ConfigDict(dict(
+        kind="sentencepiece",  # or "char" (one id per character of the corpus)
+        vocab_size=8000, model_type="bpe", character_coverage=0.9995,
+        user_defined_symbols=(),  # extra whole tokens beyond gptjax's special tokens
+        max_sentences=2_000_000,  # lines sentencepiece trains on (the first ones); 0 = all
+    ))
+    return p
 
 
 def model_config(config: ml_collections.ConfigDict) -> GPTConfig:
@@ -112,6 +173,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"train.grad_accum={t.grad_accum}")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    if config.stage == "prepare":
+        validate_prepare(config.prepare)
+
+
+def validate_prepare(p: ml_collections.ConfigDict) -> None:
+    """The prepare section's checks that need no input files."""
+    if not 0.0 < p.val_fraction < 1.0:
+        raise GptjaxError(f"prepare.val_fraction={p.val_fraction} must be in (0, 1)")
+    if p.num_shards < 1:
+        raise GptjaxError(f"prepare.num_shards={p.num_shards} must be >= 1")
+    if p.text_unit not in ("file", "paragraph", "line"):
+        raise GptjaxError(f"prepare.text_unit={p.text_unit!r}: use file, paragraph or line")
+    if not 0.0 < p.dedup.threshold <= 1.0:
+        raise GptjaxError(f"prepare.dedup.threshold={p.dedup.threshold} must be in (0, 1]")
+    if p.dedup.bands and p.dedup.num_perm // p.dedup.bands < 1:
+        raise GptjaxError(f"prepare.dedup.bands={p.dedup.bands} exceeds "
+                          f"prepare.dedup.num_perm={p.dedup.num_perm}")
+    if p.tokenizer.kind not in ("sentencepiece", "char"):
+        raise GptjaxError(f"prepare.tokenizer.kind={p.tokenizer.kind!r}: use sentencepiece or char")
+    if p.tokenizer.model_type not in ("bpe", "unigram"):
+        raise GptjaxError(f"prepare.tokenizer.model_type={p.tokenizer.model_type!r}: use bpe or "
+                          "unigram")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

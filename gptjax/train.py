@@ -16,6 +16,9 @@ USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ..
 
 def run(config, workdir: str):
     """Run the stage the config names (callable from a notebook)."""
+    if config.stage == "prepare":  # no devices: a data stage
+        from gptjax.loops import prepare
+        return prepare.run(config, workdir)
     runtime.configure_cpu_devices(config.runtime.cpu_devices,
                                   config.train.batch_size // max(config.train.grad_accum, 1))
     if config.stage == "pretrain":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
+from gptjax.data.shards import open_prepared, open_split
 from gptjax.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
 
@@ -24,8 +25,13 @@ EMBEDDED_TEXT = "tinyshakespeare.txt"
 _MAX_BATCHES = 1 << 40  # the training stream is unbounded in practice
 
 
+def embedded_path(name: str) -> str:
+    """A data file shipped in the package (gptjax/data/assets/, licenses beside them)."""
+    return str(importlib.resources.files("gptjax.data") / "assets" / name)
+
+
 def embedded_text_path() -> str:
-    return str(importlib.resources.files("gptjax.data") / "assets" / EMBEDDED_TEXT)
+    return embedded_path(EMBEDDED_TEXT)
 
 
 def read_text(path: str) -> str:
@@ -48,7 +54,7 @@ def read_text(path: str) -> str:
 
 @dataclass
 class TokenSplits:
-    train: np.ndarray  # 1-D memmap of token ids
+    train: np.ndarray  # 1-D memmap of token ids (or ShardedTokens: len() and slicing)
     val: np.ndarray
     tokenizer: Tokenizer
 
@@ -88,7 +94,16 @@ def prepare_char_corpus(text_path: str, out_dir: str, val_fraction: float) -> To
 
 
 def corpus_for(data_config, out_dir: str) -> TokenSplits:
-    """The token splits a pretraining run reads, per the config's `data` section."""
+    """The token splits a pretraining run reads, per the config's `data` section.
+
+    With `data.prepared_dir` set: the token shards and tokenizer of a `prepare` run, memmapped
+    lazily (`gptjax.data.shards.ShardedTokens`: every process opens every shard and reads only
+    the pages under its own rows' windows). Otherwise: `text_path` tokenized by character.
+    """
+    if data_config.prepared_dir:
+        tokens_dir, tok = open_prepared(data_config.prepared_dir)
+        return TokenSplits(train=open_split(tokens_dir, "train"),
+                           val=open_split(tokens_dir, "val"), tokenizer=tok)
     return prepare_char_corpus(data_config.text_path, out_dir, data_config.val_fraction)
 
 

@@ -28,6 +28,9 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END_OF_TURN = "<|end|>"
 SPECIAL_TOKENS = (EOS, SYSTEM, USER, ASSISTANT, END_OF_TURN)
+# Sentencepiece writes spaces as U+2581 inside pieces and decodes every U+2581 back to a space, so
+# a literal U+2581 in the text is encoded as its three UTF-8 byte tokens instead.
+_SP_SPACE = "\u2581"
 
 
 class Tokenizer(Protocol):
@@ -148,13 +151,19 @@ class SentencePieceTokenizer:
                 input_sentence_size=input_sentence_size, shuffle_input_sentence=False,
                 unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2)
         except RuntimeError as e:
-            msg = str(e)
+            msg = str(e).strip()
+            need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+            if need:  # more distinct characters (at this coverage) than the vocabulary holds
+                raise GptjaxError(
+                    f"a vocabulary of {vocab_size} tokens cannot hold the {need.group(1)} "
+                    f"characters and special pieces that character_coverage={character_coverage} "
+                    "keeps; raise the tokenizer vocabulary size above that or lower "
+                    "character_coverage (rarer characters then use byte fallback)") from None
             if "Vocabulary size is too high" in msg or "vocab_size" in msg:
                 raise GptjaxError(
-                    f"sentencepiece cannot build {vocab_size} tokens from this corpus "
-                    f"({msg.strip()}); lower the tokenizer vocabulary size or give it more "
-                    "text") from None
-            raise GptjaxError(f"sentencepiece training failed: {msg.strip()}") from None
+                    f"sentencepiece cannot build {vocab_size} tokens from this corpus ({msg}); "
+                    "lower the tokenizer vocabulary size or give it more text") from None
+            raise GptjaxError(f"sentencepiece training failed: {msg}") from None
         return cls(out.getvalue())
 
     @property
@@ -162,10 +171,26 @@ class SentencePieceTokenizer:
         return self.sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        if _SP_SPACE not in text:
+            return self.sp.encode(text)
+        return self._encode_literal_space(text)
+
+    def _encode_literal_space(self, text: str) -> list[int]:
+        byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in _SP_SPACE.encode("utf-8")]
+        ids: list[int] = []
+        for i, part in enumerate(text.split(_SP_SPACE)):
+            if i:
+                ids.extend(byte_ids)
+            if part:
+                ids.extend(self.sp.encode(part))
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+        out = self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+        for i, text in enumerate(texts):
+            if _SP_SPACE in text:
+                out[i] = self._encode_literal_space(text)
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
