@@ -138,19 +138,25 @@ class Stats:
         return self.conversations - self.unencodable - self.too_long
 
 
-def fit_window(conversation: Conversation, tok: Tokenizer, max_len: int) -> Example | None:
-    """Render the longest prefix of whole turns that fits max_len tokens and ends with an
-    assistant turn; None when no such prefix exists."""
+def _fit(conversation: Conversation, tok: Tokenizer, max_len: int
+         ) -> tuple[Example | None, int]:
+    """(rendering of the longest fitting prefix, or None; the number of turns it keeps)."""
     ids, mask = render(conversation, tok)
     if len(ids) <= max_len:
-        return ids, mask
+        return (ids, mask), len(conversation)
     for n in range(len(conversation) - 1, 0, -1):
         if conversation[n - 1]["role"] != "assistant":
             continue
         ids, mask = render(conversation[:n], tok)
         if len(ids) <= max_len:
-            return ids, mask
-    return None
+            return (ids, mask), n
+    return None, 0
+
+
+def fit_window(conversation: Conversation, tok: Tokenizer, max_len: int) -> Example | None:
+    """Render the longest prefix of whole turns that fits max_len tokens and ends with an
+    assistant turn; None when no such prefix exists."""
+    return _fit(conversation, tok, max_len)[0]
 
 
 def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
@@ -159,7 +165,7 @@ def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
     out = []
     for conv in conversations:
         try:
-            ex = fit_window(conv, tok, max_len)
+            ex, kept = _fit(conv, tok, max_len)
         except GptjaxError as e:
             if "not in this char tokenizer's vocabulary" not in str(e):
                 raise
@@ -168,7 +174,7 @@ def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
         if ex is None:
             stats.too_long += 1
             continue
-        if len(ex[0]) < len(render(conv, tok)[0]):
+        if kept < len(conv):
             stats.cut += 1
         out.append(ex)
     return out, stats
