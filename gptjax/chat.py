@@ -75,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         except GptjaxError as e:  # e.g. a character the char tokenizer never saw: try again
             print(f"gptjax: {e}", file=sys.stderr)
             continue
-        prompt = np.zeros((1, width), np.int32)
-        prompt[0, width - len(history):] = history
+        prompt, prompt_lengths = sampling.left_pad([history], width)
         key, sub = jax.random.split(key)
         tokens, _, lengths = sampling.generate(
-            model.params, model.cfg, prompt, np.array([len(history)], np.int32), sub[None], new,
+            model.params, model.cfg, prompt, prompt_lengths, sub[None], new,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
         reply = np.asarray(tokens)[0, :int(lengths[0])].tolist()
         if turns:

@@ -20,7 +20,8 @@ import numpy as np
 
 from gptjax import losses, sampling
 from gptjax.checkpoint import restore_params
-from gptjax.data.chat import Conversation, render, render_prompt
+from gptjax.data import preferences
+from gptjax.data.chat import Conversation, render_prompt
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer, special_id
 from gptjax.model import GPTConfig, RewardModel
 from gptjax.workdir import model_config
@@ -71,7 +72,7 @@ def encode_answers(tok: Tokenizer, items: list[tuple[Conversation, str]], seq_le
     tokens = np.zeros((len(items), seq_len), np.int32)
     lengths = np.zeros((len(items),), np.int32)
     for i, (prompt, answer) in enumerate(items):
-        ids = render([*prompt, {"role": "assistant", "content": answer}], tok)[0][-seq_len:]
+        ids = preferences.answer_ids(prompt, answer, tok, seq_len)
         tokens[i, :len(ids)], lengths[i] = ids, len(ids)
     return tokens, lengths
 
@@ -83,16 +84,12 @@ def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: list[Convers
     Replies get at most half the context; prompts keep their most recent tokens."""
     max_new_tokens = max(1, min(max_new_tokens, cfg.block_size // 2))
     width = cfg.block_size - max_new_tokens
-    ids = [(x := render_prompt(p, tok))[max(0, len(x) - width):] for p in prompts]
-    p = max(len(x) for x in ids)
-    batch = np.zeros((len(ids), p), np.int32)
-    for i, x in enumerate(ids):
-        batch[i, p - len(x):] = x
+    ids = [render_prompt(p, tok) for p in prompts]
+    batch, prompt_lengths = sampling.left_pad([x[max(0, len(x) - width):] for x in ids])
     end = special_id(tok, END_OF_TURN)
     keys = jax.random.split(jax.random.key(seed), len(ids))
-    out, _, lengths = sampling.generate(params, cfg, batch, np.array([len(x) for x in ids]),
-                                        keys, max_new_tokens, temperature=temperature,
-                                        eos_id=end)
+    out, _, lengths = sampling.generate(params, cfg, batch, prompt_lengths, keys,
+                                        max_new_tokens, temperature=temperature, eos_id=end)
     out, lengths = np.asarray(out), np.asarray(lengths)
     replies = []
     for row, n in zip(out, lengths):

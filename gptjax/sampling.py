@@ -185,6 +185,17 @@ def _run(impl, params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tok
                 jnp.asarray(top_p, jnp.float32), None if eos_id is None else int(eos_id))
 
 
+def left_pad(prompts: list[list[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens (B, width) int32 left-padded with 0, lengths (B,)) of token-id lists; width
+    defaults to the longest prompt. The layout `generate` takes."""
+    width = max(map(len, prompts)) if width is None else width
+    tokens = np.zeros((len(prompts), width), np.int32)
+    for i, ids in enumerate(prompts):
+        if ids:
+            tokens[i, width - len(ids):] = ids
+    return tokens, np.array([len(ids) for ids in prompts], np.int32)
+
+
 def generate(params, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array,
              rng_keys: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: int | None = None) -> tuple[Array, Array, Array]:

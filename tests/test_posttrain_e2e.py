@@ -62,13 +62,10 @@ def test_sft_model_answers_in_role_and_stops_at_end_of_turn(sft_workdir):
         except Exception:  # a character the char vocabulary lacks
             continue
     prompts = prompts[:32]
-    width = max(map(len, prompts))
-    batch = np.zeros((len(prompts), width), np.int32)
-    for i, p in enumerate(prompts):
-        batch[i, width - len(p):] = p
+    batch, prompt_lengths = sampling.left_pad(prompts)
     end = tok.specials[END_OF_TURN]
     out, _, lengths = sampling.generate(
-        model.params, model.cfg, batch, np.array([len(p) for p in prompts]),
+        model.params, model.cfg, batch, prompt_lengths,
         jax.random.split(jax.random.key(0), len(prompts)), 64, temperature=0.0, eos_id=end)
     out, lengths = np.asarray(out), np.asarray(lengths)
     roles = {tok.specials[t] for t in (USER, SYSTEM, ASSISTANT)}

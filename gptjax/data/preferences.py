@@ -140,13 +140,19 @@ def _jsonl(path: str):
                     raise GptjaxError(f"{path} line {i} is not JSON ({e})") from None
 
 
+def answer_ids(prompt: Conversation, answer: str, tok: Tokenizer, seq_len: int) -> np.ndarray:
+    """The token ids a reward model scores: prompt + the answer as an assistant turn. An
+    over-long sequence keeps its last seq_len tokens (the score is read at the end)."""
+    return render([*prompt, {"role": "assistant", "content": answer}], tok)[0][-seq_len:]
+
+
 def encode(rec: Preference, tok: Tokenizer, seq_len: int, k_max: int) -> dict[str, np.ndarray]:
     """One prompt's answers as arrays: tokens (K, T) right-padded, lengths (K,), valid (K,),
-    pref (K, K). An over-long sequence keeps its last T tokens (the score is read at the end)."""
+    pref (K, K) (padded answers have length 1 and are never valid)."""
     tokens = np.zeros((k_max, seq_len), np.int32)
     lengths = np.ones((k_max,), np.int32)
     for k, answer in enumerate(rec.answers):
-        ids = render([*rec.prompt, {"role": "assistant", "content": answer}], tok)[0][-seq_len:]
+        ids = answer_ids(rec.prompt, answer, tok, seq_len)
         tokens[k, :len(ids)] = ids
         lengths[k] = len(ids)
     valid = np.arange(k_max) < len(rec.answers)

@@ -17,8 +17,9 @@ import ml_collections
 
 from gptjax import config as config_lib
 from gptjax import workdir as workdir_lib
-from gptjax.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer, with_special_tokens
+from gptjax.data.tokenizer import Tokenizer, load_tokenizer, with_special_tokens
 from gptjax.errors import GptjaxError
+from gptjax.loops import trainer
 from gptjax.model import GPTConfig
 
 RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
@@ -61,10 +62,7 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> Start:
             f"{workdir} was trained with another vocabulary than {config.init_from} gives "
             f"({tok_path} differs): use a new --workdir for this init model")
     config_lib.validate(config)
-    if jax.process_index() == 0:
-        save_tokenizer(tok, tok_path)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
+    trainer.write_run_files(config, workdir, tok)
     return Start(cfg, params, tok, base.step)
 
 

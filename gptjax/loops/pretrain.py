@@ -14,7 +14,6 @@ import numpy as np
 from gptjax import config as config_lib
 from gptjax import losses
 from gptjax.data import lm as lm_data
-from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError
 from gptjax.loops import trainer
 from gptjax.model import GPT
@@ -65,10 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
             f"the tokenizer has {vocab} tokens but model.vocab_size={config.model.vocab_size}; "
             f"set --config.model.vocab_size={vocab} (or 0 to take the tokenizer's)")
     p = build(config)
-    if jax.process_index() == 0:
-        save_tokenizer(splits.tokenizer, os.path.join(workdir, "tokenizer.json"))
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(config))
+    trainer.write_run_files(config, workdir, splits.tokenizer)
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = lm_data.train_iterator(splits.train, p.seq_len, tcfg.batch_size, config.seed,
                                       pidx, pcount)

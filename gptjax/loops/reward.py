@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gptjax import config as config_lib
+from gptjax import losses
 from gptjax import reward_model as rm
 from gptjax.data import preferences
 from gptjax.loops import finetune, trainer
@@ -28,24 +28,24 @@ from gptjax.model import RewardModel
 
 
 def _val_stack(val: list, global_batch: int, num_batches: int, pidx: int, pcount: int):
-    """The fixed validation batches used during training: (n, rows, ...) per field."""
+    """The fixed validation batches used during training: this process's rows, (n, rows, ...)
+    per field (the held-out records in order, repeated if there are too few)."""
     rows = global_batch // pcount
-    n = num_batches * global_batch
-    picked = [val[i % len(val)] for i in range(n)]
-    batches = [picked[b * global_batch:(b + 1) * global_batch][pidx * rows:(pidx + 1) * rows]
-               for b in range(num_batches)]
-    return {k: np.stack([np.stack([r[k] for r in b]) for b in batches]) for k in picked[0]}
+    data = preferences.stack([val[i % len(val)] for i in range(num_batches * global_batch)])
+    return {k: v.reshape(num_batches, global_batch, *v.shape[1:])[:, pidx * rows:(pidx + 1) * rows]
+            for k, v in data.items()}
 
 
 def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
-    """Pairwise accuracy over every labeled pair of the held-out records."""
+    """Pairwise accuracy over every labeled pair of the held-out records (the same accuracy as
+    the training metric, over all records at once)."""
     data = preferences.stack(val)
     n, k, t = data["tokens"].shape
     scores = rm.score_tokens(params, cfg, data["tokens"].reshape(n * k, t),
                              data["lengths"].reshape(n * k)).reshape(n, k)
-    margin = scores[:, :, None] - scores[:, None, :]
-    pairs = int(data["pref"].sum())
-    acc = float(((margin > 0) * data["pref"]).sum() / max(pairs, 1))
+    _, aux = losses.ranking_loss(jnp.asarray(scores), jnp.asarray(data["pref"]),
+                                 jnp.asarray(data["valid"]))
+    acc, pairs = float(aux["accuracy"]), int(data["pref"].sum())
     return {"accuracy": acc, "pairs": pairs, "records": n, "chance": 0.5,
             "stderr": math.sqrt(acc * (1 - acc) / max(pairs, 1))}
 

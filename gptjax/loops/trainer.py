@@ -11,6 +11,7 @@ tokens/s and MFU, a progress bar.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ import numpy as np
 from gptjax import config as config_lib
 from gptjax import sharding, step as step_lib
 from gptjax.checkpoint import Checkpointer
+from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError, TrainingDiverged
 from gptjax.metrics import MetricsWriter, Progress, peak_flops_per_device
 from gptjax.optim import lr_schedule, make_optimizer
@@ -82,6 +84,16 @@ def compile_stage(config: ml_collections.ConfigDict, init_params: Callable[[jax.
         shardings, batch_sharding, mesh)
     eval_step = step_lib.jit_eval_step(loss_fn, shardings.params, mesh, rules)
     return Compiled(mesh, rules, tx, make_state, abstract, batch_sharding, train_step, eval_step)
+
+
+def write_run_files(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any) -> None:
+    """The workdir's tokenizer.json and resolved config.json (process 0), which every command
+    that reads a workdir back (sample, chat, convert, init_from) relies on."""
+    if jax.process_index() != 0:
+        return
+    save_tokenizer(tokenizer, os.path.join(workdir, "tokenizer.json"))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(config))
 
 
 @dataclasses.dataclass
