@@ -181,7 +181,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
 
 def _sft_config(init_from):
     from conftest import load_config
-    c = load_config("sft")
+    c = load_config("sft_dialogues")
     c.init_from = str(init_from)
     return c
 

@@ -1,6 +1,6 @@
 """Stage `sft`: fine-tune a pretrained workdir on the shipped dialogue sets.
 
-    python -m gptjax.train --config configs/sft.py --config.init_from=runs/PRETRAINED \
+    python -m gptjax.train --config configs/sft_dialogues.py --config.init_from=runs/PRETRAINED \
         --workdir runs/sft
 
 The model shape and tokenizer come from --config.init_from (the chat special tokens are added
@@ -14,7 +14,9 @@ from gptjax.config import base_config
 def get_config():
     c = base_config()
     c.stage = "sft"
-    c.data.mixture = "topical-chat:1,hh-rlhf:1,self-instruct:0.5,gsm8k:0.5,kdconv:0.5"
+    # Not hh-rlhf by default: the shipped hh-rlhf is the reward model's data, and SFT on its
+    # chosen answers would show the reward model its held-out answers (add "hh-rlhf:1" to use it).
+    c.data.mixture = "topical-chat:1,self-instruct:0.5,gsm8k:0.5,kdconv:0.5"
     c.data.val_fraction = 0.05
     c.train.steps = 1000
     c.train.batch_size = 16

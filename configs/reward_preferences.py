@@ -1,6 +1,6 @@
 """Stage `reward`: a reward model on human preferences, started from an SFT workdir.
 
-    python -m gptjax.train --config configs/reward.py --config.init_from=runs/sft \
+    python -m gptjax.train --config configs/reward_preferences.py --config.init_from=runs/sft \
         --workdir runs/reward
 
 All K answers of a prompt share a batch (train.batch_size counts prompts). After training:
