@@ -197,15 +197,15 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
     for name, recs in raw.items():
         if max_examples:
             recs = recs[:max_examples]
-        tr, va = split(recs, val_fraction)
-        enc_tr, skip_tr = encode_all(tr, tok, seq_len, k_max)
-        enc_va, skip_va = encode_all(va, tok, seq_len, k_max)
+        # Split the encodable records, so the held-out part never ends up all unusable.
+        encoded, skipped = encode_all(recs, tok, seq_len, k_max)
+        enc_tr, enc_va = split(encoded, val_fraction)
         data.stats[name] = {"records": len(recs), "train": len(enc_tr), "val": len(enc_va),
-                            "not_encodable": skip_tr + skip_va}
+                            "not_encodable": skipped}
         if not enc_tr or not enc_va:
             raise GptjaxError(
                 f"preference data {name} leaves {len(enc_tr)} training and {len(enc_va)} "
-                f"held-out records ({skip_tr + skip_va} not encodable by the tokenizer); it "
+                f"held-out records ({skipped} not encodable by the tokenizer); it "
                 "needs at least one of each")
         data.train.append([e for _, e in enc_tr])
         data.val.extend(e for _, e in enc_va)

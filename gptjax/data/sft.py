@@ -160,7 +160,8 @@ def fit_window(conversation: Conversation, tok: Tokenizer, max_len: int) -> Exam
 
 
 def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
-             ) -> tuple[list[Example], Stats]:
+             ) -> tuple[list[tuple[Conversation, Example]], Stats]:
+    """[(conversation, its example)] for the usable conversations, and what was dropped."""
     stats = Stats(conversations=len(conversations))
     out = []
     for conv in conversations:
@@ -176,12 +177,11 @@ def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
             continue
         if kept < len(conv):
             stats.cut += 1
-        out.append(ex)
+        out.append((conv, ex))
     return out, stats
 
 
-def split(conversations: list[Conversation], val_fraction: float
-          ) -> tuple[list[Conversation], list[Conversation]]:
+def split(conversations: list, val_fraction: float) -> tuple[list, list]:
     """A fixed train/validation split (seed 0, whatever the run's seed): the held-out part is
     the same for every run, so validation losses compare across runs."""
     order = list(range(len(conversations)))
@@ -247,17 +247,13 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
     """(per-source train examples, weights, pooled validation examples, per-source stats)."""
     train, weights, val, stats = [], [], [], {}
     for name, weight in parse_mixture(mixture):
-        convs = READERS[name](root)
-        tr, va = split(convs, val_fraction)
-        ex_tr, st = tokenize(tr, tok, seq_len + 1)
-        ex_va, st_va = tokenize(va, tok, seq_len + 1)
-        for f in dataclasses.fields(Stats):
-            setattr(st, f.name, getattr(st, f.name) + getattr(st_va, f.name))
-        stats[name] = st
-        if ex_tr:  # a source with nothing usable is reported in the stats and left out
-            train.append(ex_tr)
+        # Split the usable conversations, so the held-out part never ends up all unusable.
+        usable, stats[name] = tokenize(READERS[name](root), tok, seq_len + 1)
+        tr, va = split(usable, val_fraction)
+        if tr:  # a source with nothing usable is reported in the stats and left out
+            train.append([ex for _, ex in tr])
             weights.append(weight)
-            val.extend(ex_va)
+            val.extend(ex for _, ex in va)
     if not train:
         detail = "; ".join(f"{n}: {st.unencodable} with characters the tokenizer lacks, "
                            f"{st.too_long} too long" for n, st in stats.items())
