@@ -7,6 +7,7 @@ is plain continuation: the conversation so far plus your line is the prompt, and
 continuation is its reply.
 Every turn uses one compiled decoder: the prompt is left-padded to a fixed length (the context
 minus --max_new_tokens), keeping the most recent text when the conversation outgrows it.
+On a terminal replies appear token by token (--stream / --no-stream to choose).
 Type /quit or end the input (Ctrl-D) to leave.
 """
 
@@ -23,6 +24,7 @@ from gptjax.cli import exit_on_user_error
 from gptjax.data.chat import has_chat_tokens, render_prompt
 from gptjax.data.tokenizer import END_OF_TURN
 from gptjax.errors import GptjaxError
+from gptjax.streaming import TokenPrinter
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +39,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--system", default="", help="a system turn opening the conversation "
                     "(chat models only)")
+    ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                    help="print replies as their tokens arrive (default: when stdout is a "
+                    "terminal)")
     return ap.parse_args(argv)
 
 
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     eos = tok.specials[END_OF_TURN] if turns else None
     key = jax.random.key(args.seed)
     interactive = sys.stdin.isatty()
+    stream = sys.stdout.isatty() if args.stream is None else args.stream
     mode = "chat template" if turns else "plain continuation"
     print(f"gptjax chat: {args.workdir} (step {model.step}), {mode}; /quit to leave",
           file=sys.stderr)
@@ -77,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         prompt, prompt_lengths = sampling.left_pad([history], width)
         key, sub = jax.random.split(key)
+        printer = None
+        if stream:
+            print("model> ", end="", flush=True)
+            printer = TokenPrinter(tok, stop_id=eos)
         tokens, _, lengths = sampling.generate(
             model.params, model.cfg, prompt, prompt_lengths, sub[None], new,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
+            stream=printer)
         reply = np.asarray(tokens)[0, :int(lengths[0])].tolist()
         if turns:
             if reply and reply[-1] == eos:
@@ -87,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             conversation = [*asked, {"role": "assistant", "content": tok.decode(reply)}]
         else:
             history = (history + reply)[-width:]
-        print(f"model> {tok.decode(reply)}", flush=True)
+        if printer is not None:
+            printer.finish(reply)
+        else:
+            print(f"model> {tok.decode(reply)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -138,21 +138,26 @@ class Linear(nn.Module):
 def init_cache(cfg: GPTConfig, batch: int, length: int) -> dict[str, Any]:
     """An empty KV cache of `length` slots for `GPT.apply(..., decode=True, mutable=['cache'])`.
 
-    Per layer: keys and values (B, S, H, D) in the compute dtype, the position held in each slot
-    (B, S; -1 = empty or padding, never attended to) and the next slot to write (a scalar shared
-    by all rows: rows are left-padded so that they advance in lock step).
+    Per layer: keys (B, H, D, S) and values (B, H, S, D) in the compute dtype, the position held in
+    each slot (B, S; -1 = empty or padding, never attended to) and the next slot to write (a scalar
+    shared by all rows: rows are left-padded so that they advance in lock step). Keys are stored
+    transposed so both attention products read the cache in the layout the matmul wants: with
+    (B, S, H, D) XLA:CPU copied the whole cache into that layout at every decode step.
     """
-    kv = jnp.zeros((batch, length, cfg.n_head, cfg.head_dim), jnp.dtype(cfg.dtype))
-    empty = jnp.full((batch, length), -1, jnp.int32)
-    layer = dict(cached_key=kv, cached_value=kv, cached_pos=empty,
+    dt = jnp.dtype(cfg.dtype)
+    h, d = cfg.n_head, cfg.head_dim
+    layer = dict(cached_key=jnp.zeros((batch, h, d, length), dt),
+                 cached_value=jnp.zeros((batch, h, length, d), dt),
+                 cached_pos=jnp.full((batch, length), -1, jnp.int32),
                  cache_index=jnp.zeros((), jnp.int32))
     return {f"h_{i}": {"attn": dict(layer)} for i in range(cfg.n_layer)}
 
 
 def cache_axes(cfg: GPTConfig) -> dict[str, Any]:
     """Logical axis names of every `init_cache` leaf (the same tree), for sharding the cache."""
-    kv = (axes.BATCH, axes.SEQ, axes.ACT_HEADS, None)
-    layer = dict(cached_key=kv, cached_value=kv, cached_pos=(axes.BATCH, axes.SEQ), cache_index=())
+    layer = dict(cached_key=(axes.BATCH, axes.ACT_HEADS, None, axes.SEQ),
+                 cached_value=(axes.BATCH, axes.ACT_HEADS, axes.SEQ, None),
+                 cached_pos=(axes.BATCH, axes.SEQ), cache_index=())
     return {f"h_{i}": {"attn": dict(layer)} for i in range(cfg.n_layer)}
 
 
@@ -202,27 +207,51 @@ class CausalSelfAttention(nn.Module):
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
     def _cached_attention(self, q: Array, k: Array, v: Array, positions: Array) -> Array:
-        """Write this call's T keys/values at the cache's next slots, attend over all S slots."""
+        """Attend over the cached slots and this call's T keys, then append those to the cache.
+
+        The scores against the cache read the buffers as they were before this call, and the
+        new keys/values are scored from the registers at hand; the cache update then has no
+        reader left. (Attending over the updated cache made XLA:CPU copy every cache buffer
+        several times per decode step.) Slots this call fills are still empty (-1) in the old
+        cache, so they are masked there and seen once, through the new keys.
+        """
         if not self.has_variable("cache", "cached_key"):
             raise ValueError("decode=True needs a KV cache: pass {'cache': init_cache(cfg, B, S)} "
                              "in the variables and mutable=['cache'] to GPT.apply")
-        names = (axes.BATCH, axes.SEQ, axes.ACT_HEADS, None)
+        dt = q.dtype
+        old_k = self.get_variable("cache", "cached_key")  # (B, H, D, S)
+        old_v = self.get_variable("cache", "cached_value")  # (B, H, S, D)
+        old_pos = self.get_variable("cache", "cached_pos")  # (B, S)
         index = self.get_variable("cache", "cache_index")
-        start = (0, index, 0, 0)
-        ck = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_key"),
-                                          k.astype(q.dtype), start)  # (B, S, H, D)
-        cv = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_value"),
-                                          v.astype(q.dtype), start)
-        cp = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_pos"),
-                                          positions.astype(jnp.int32), (0, index))  # (B, S)
-        ck, cv = nn.with_logical_constraint(ck, names), nn.with_logical_constraint(cv, names)
-        self.put_variable("cache", "cached_key", ck)
-        self.put_variable("cache", "cached_value", cv)
+        positions = positions.astype(jnp.int32)
+        k, v = k.astype(dt), v.astype(dt)
+        neg = jnp.finfo(jnp.float32).min
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        s_old = jnp.einsum("bqhd,bhds->bhqs", q, old_k).astype(jnp.float32) * scale
+        s_old = jnp.where(decode_mask(positions, old_pos, self.window), s_old, neg)  # (B,H,T,S)
+        s_new = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+        s_new = jnp.where(decode_mask(positions, positions, self.window), s_new, neg)  # (B,H,T,T)
+        # A query at a padding position (-1) sees no key: softmax over all-min scores is
+        # uniform, finite, and its output is never read.
+        p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1).astype(dt)
+        s = old_pos.shape[1]
+        y = (jnp.einsum("bhqs,bhsd->bqhd", p[..., :s], old_v)
+             + jnp.einsum("bhqk,bkhd->bqhd", p[..., s:], v))  # (B, T, H, D)
+        # XLA updates a loop-carried cache in place only once it sees that every read of the old
+        # buffer comes first; a data dependence of the update on the attention output says so
+        # (an optimization barrier does not). Without it XLA:CPU copied each cache buffer twice
+        # per layer and step. x * 0 is not folded for floats (NaN * 0 is NaN), and y is finite.
+        k, v = k + 0 * y, v + 0 * y  # (B, T, H, D) each, the same shape and sharding as y
+        ck = jax.lax.dynamic_update_slice(old_k, k.transpose(0, 2, 3, 1), (0, 0, 0, index))
+        cv = jax.lax.dynamic_update_slice(old_v, v.transpose(0, 2, 1, 3), (0, 0, index, 0))
+        cp = jax.lax.dynamic_update_slice(old_pos, positions, (0, index))
+        self.put_variable("cache", "cached_key", nn.with_logical_constraint(
+            ck, (axes.BATCH, axes.ACT_HEADS, None, axes.SEQ)))
+        self.put_variable("cache", "cached_value", nn.with_logical_constraint(
+            cv, (axes.BATCH, axes.ACT_HEADS, axes.SEQ, None)))
         self.put_variable("cache", "cached_pos", cp)
         self.put_variable("cache", "cache_index", index + q.shape[1])
-        # A query at a padding position (-1) sees no key: softmax over all-min scores is uniform,
-        # finite, and its output is never read.
-        return reference_attention(q, ck, cv, decode_mask(positions, cp, self.window))
+        return y
 
 
 class MLP(nn.Module):
@@ -305,7 +334,11 @@ class GPT(nn.Module):
                  segment_ids: Array | None = None, deterministic: bool = True,
                  decode: bool = False) -> Array:
         x = self.hidden(tokens, positions, segment_ids, deterministic, decode)
-        logits = self.wte.attend(x)  # tied output embedding: (B, T, V)
+        # Tied output embedding, x . E^T as one dot_general contracting C with C (B, T, V):
+        # `wte.attend` wrote it as x . transpose(E), which XLA:CPU materialised as a transposed
+        # copy of the whole (V, C) table at every call (154 MB per decode step for GPT-2).
+        emb = self.wte.embedding.astype(x.dtype)
+        logits = jax.lax.dot_general(x, emb, (((x.ndim - 1,), (1,)), ((), ())))
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.SEQ, axes.ACT_VOCAB))
         return mask_padded_logits(logits, self.cfg.vocab_size)
 

@@ -1,5 +1,6 @@
 """`python -m gptjax.sample --workdir DIR --prompt "..." [--num_samples N --temperature T
---top_k K --top_p P --max_new_tokens M --seed S]`: continue a prompt with a trained model."""
+--top_k K --top_p P --max_new_tokens M --seed S --stream]`: continue a prompt with a trained
+model. On a terminal the first sample is printed token by token as it is decoded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gptjax import sampling, workdir as workdir_lib
 from gptjax.cli import exit_on_user_error
 from gptjax.data.tokenizer import EOS
 from gptjax.errors import GptjaxError
+from gptjax.streaming import TokenPrinter
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -25,6 +27,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top_p", type=float, default=1.0, help="1 = off")
     ap.add_argument("--max_new_tokens", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                    help="print the first sample as its tokens arrive (default: when stdout is "
+                    "a terminal)")
     return ap.parse_args(argv)
 
 
@@ -52,16 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     eos = model.tokenizer.specials.get(EOS)  # a sample ends where its document would end
     prompts = np.tile(np.asarray(ids, np.int32), (n, 1))
     keys = jax.random.split(jax.random.key(args.seed), n)
-    tokens, _, lengths = sampling.generate(
-        model.params, model.cfg, prompts, np.full((n,), len(ids), np.int32), keys, max_new,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos)
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    for i in range(n):
+    stream = sys.stdout.isatty() if args.stream is None else args.stream
+
+    def header(i: int) -> None:
         if n > 1:
             print(f"--- sample {i + 1} (step {model.step}) ---")
+
+    printer = None
+    if stream:  # the first sample appears token by token while the others decode beside it
+        header(0)
+        print(args.prompt, end="", flush=True)
+        printer = TokenPrinter(model.tokenizer, stop_id=eos)
+    tokens, _, lengths = sampling.generate(
+        model.params, model.cfg, prompts, np.full((n,), len(ids), np.int32), keys, max_new,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
+        stream=printer)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    for i in range(n):
         row = tokens[i, :lengths[i]].tolist()
         if row and row[-1] == eos:  # a finished document: print it without the marker
             row = row[:-1]
+        if i == 0 and printer is not None:
+            printer.finish(row)
+            continue
+        header(i)
         print(args.prompt + model.tokenizer.decode(row), flush=True)
     return 0
 

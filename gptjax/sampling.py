@@ -10,13 +10,18 @@ reference the cached decoder is tested against.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
+from jax.sharding import Mesh
 
-from gptjax.model import GPT, GPTConfig, init_cache
+from gptjax import axes, sharding, step as step_lib
+from gptjax.model import GPT, GPTConfig, cache_axes, init_cache
 
 Array = jax.Array
 
@@ -35,12 +40,18 @@ def filter_logits(logits: Array, temperature: Array, top_k: int, top_p: Array) -
     if top_k:
         kth = jax.lax.top_k(z, top_k)[0][..., -1:]  # (B, 1) the k-th largest score
         z = jnp.where(z < kth, neg, z)
-    z_sorted = jnp.sort(z, axis=-1)[..., ::-1]  # (B, V) descending
-    p_sorted = jax.nn.softmax(z_sorted, axis=-1)
-    mass_before = jnp.cumsum(p_sorted, axis=-1) - p_sorted  # probability of the better tokens
-    keep = (mass_before < top_p) | (top_p >= 1.0)
-    cutoff = jnp.min(jnp.where(keep, z_sorted, jnp.inf), axis=-1, keepdims=True)  # (B, 1)
-    return jnp.where(z < cutoff, neg, z)
+
+    def nucleus(z):
+        z_sorted = jnp.sort(z, axis=-1)[..., ::-1]  # (B, V) descending
+        p_sorted = jax.nn.softmax(z_sorted, axis=-1)
+        mass_before = jnp.cumsum(p_sorted, axis=-1) - p_sorted  # probability of better tokens
+        keep = mass_before < top_p
+        cutoff = jnp.min(jnp.where(keep, z_sorted, jnp.inf), axis=-1, keepdims=True)  # (B, 1)
+        return jnp.where(z < cutoff, neg, z)
+
+    # The sort over V costs more than a batch-1 forward of GPT-2 124M on a CPU: only pay for it
+    # when the nucleus is asked for (top_p is one scalar, so this stays a real branch).
+    return jax.lax.cond(jnp.all(top_p < 1.0), nucleus, lambda z: z, z)
 
 
 def sample_token(logits: Array, keys: Array, temperature: Array, top_k: int,
@@ -52,19 +63,29 @@ def sample_token(logits: Array, keys: Array, temperature: Array, top_k: int,
     it was drawn from -- which is what PPO and evaluation score.
     """
     logits = logits.astype(jnp.float32)
-    z = filter_logits(logits, temperature, top_k, top_p)
-    drawn = jax.vmap(jax.random.categorical)(keys, z)  # (B,)
-    tokens = jnp.where(temperature == 0, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+
+    def draw(logits):
+        z = filter_logits(logits, temperature, top_k, top_p)
+        return jax.vmap(jax.random.categorical)(keys, z).astype(jnp.int32)  # (B,)
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    # Greedy decoding skips the filters and the random draw altogether (a real branch: the
+    # temperature is one scalar for the batch).
+    tokens = jax.lax.cond(jnp.all(temperature == 0), greedy, draw, logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
 def _decode_loop(logits: Array, state, advance: Callable, keys: Array, max_new_tokens: int,
-                 temperature: Array, top_k: int, top_p: Array, eos_id: int | None):
+                 temperature: Array, top_k: int, top_p: Array, eos_id: int | None,
+                 stream: Callable | None = None):
     """Sample max_new_tokens tokens; `advance(state, tokens (B,), i) -> (next logits, state)`.
 
     Stops early once every row has emitted EOS. After its EOS a row holds eos_id with log-prob 0;
     its length counts the tokens up to and including the EOS (max_new_tokens if none).
+    stream: a host function called as stream(i, tokens (B,)) for every step, in order.
     """
     b = logits.shape[0]
     fill = 0 if eos_id is None else eos_id
@@ -81,6 +102,8 @@ def _decode_loop(logits: Array, state, advance: Callable, keys: Array, max_new_t
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)  # fresh key per row and step
         tok, lp = sample_token(logits, step_keys, temperature, top_k, top_p)
         tok, lp = jnp.where(done, fill, tok), jnp.where(done, 0.0, lp)
+        if stream is not None:  # one host call per step, in order, while the loop runs
+            io_callback(stream, None, i, tok, ordered=True)
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
         logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, i))
         if eos_id is not None:
@@ -100,12 +123,18 @@ def _prompt_positions(prompt_lengths: Array, p: int) -> Array:
     return jnp.where(pos >= 0, pos, -1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "eos_id"))
+_STATIC = ("cfg", "max_new_tokens", "top_k", "eos_id", "stream", "rules")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate_cached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tokens,
-                     temperature, top_k, top_p, eos_id):
+                     temperature, top_k, top_p, eos_id, stream=None, rules=None):
     model = GPT(cfg)
     b, p = prompt_tokens.shape
     cache = init_cache(cfg, b, p + max_new_tokens)
+    if rules is not None:  # under a mesh: the cache is split by batch and heads like activations
+        cache = jax.tree.map(nn.with_logical_constraint, cache, cache_axes(cfg),
+                             is_leaf=lambda x: isinstance(x, tuple))
     # Prefill: the whole prompt in one forward, filling cache slots [0, P).
     logits, v = model.apply({"params": params, "cache": cache}, prompt_tokens,
                             _prompt_positions(prompt_lengths, p), decode=True, mutable=["cache"])
@@ -117,12 +146,12 @@ def _generate_cached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_n
         return logits[:, -1], v["cache"]
 
     return _decode_loop(logits[:, -1], v["cache"], advance, rng_keys, max_new_tokens,
-                        temperature, top_k, top_p, eos_id)
+                        temperature, top_k, top_p, eos_id, stream)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "eos_id"))
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate_uncached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tokens,
-                       temperature, top_k, top_p, eos_id):
+                       temperature, top_k, top_p, eos_id, stream=None, rules=None):
     model = GPT(cfg)
     b, p = prompt_tokens.shape
     s = p + max_new_tokens
@@ -141,7 +170,7 @@ def _generate_uncached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max
         return logits_at(buf, p + i), buf
 
     return _decode_loop(logits_at(buf, p - 1), buf, advance, rng_keys, max_new_tokens,
-                        temperature, top_k, top_p, eos_id)
+                        temperature, top_k, top_p, eos_id, stream)
 
 
 def _check(cfg: GPTConfig, prompt_tokens, prompt_lengths, max_new_tokens: int,
@@ -176,13 +205,23 @@ def _check(cfg: GPTConfig, prompt_tokens, prompt_lengths, max_new_tokens: int,
 
 
 def _run(impl, params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tokens,
-         temperature, top_k, top_p, eos_id):
+         temperature, top_k, top_p, eos_id, stream, mesh, rules):
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     _check(cfg, prompt_tokens, prompt_lengths, max_new_tokens, temperature, top_k, top_p)
     top_k = 0 if top_k >= cfg.vocab_size else int(top_k)  # keeping every token = off
-    return impl(params, cfg, prompt_tokens, jnp.asarray(prompt_lengths, jnp.int32), rng_keys,
-                int(max_new_tokens), jnp.asarray(temperature, jnp.float32), top_k,
-                jnp.asarray(top_p, jnp.float32), None if eos_id is None else int(eos_id))
+    args = (params, cfg, prompt_tokens, jnp.asarray(prompt_lengths, jnp.int32), rng_keys,
+            int(max_new_tokens), jnp.asarray(temperature, jnp.float32), top_k,
+            jnp.asarray(top_p, jnp.float32), None if eos_id is None else int(eos_id), stream)
+    if mesh is None:
+        return impl(*args)
+    rules = sharding.rules_from_config(axes.DEFAULT_RULES if rules is None else rules)
+    ways = sharding.batch_divisor(mesh, rules)
+    if prompt_tokens.shape[0] % ways:
+        raise ValueError(f"a batch of {prompt_tokens.shape[0]} prompts does not split over the "
+                         f"{ways} batch-parallel devices of mesh {dict(mesh.shape)}; pad the "
+                         f"batch to a multiple of {ways}")
+    with step_lib.activated(mesh, rules):  # the model's logical constraints bind to the mesh
+        return impl(*args, rules=rules)
 
 
 def left_pad(prompts: list[list[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +237,9 @@ def left_pad(prompts: list[list[int]], width: int | None = None) -> tuple[np.nda
 
 def generate(params, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array,
              rng_keys: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, eos_id: int | None = None) -> tuple[Array, Array, Array]:
+             top_p: float = 1.0, eos_id: int | None = None, *,
+             stream: Callable[[Any, Any], None] | None = None, mesh: Mesh | None = None,
+             rules: sharding.Rules | None = None) -> tuple[Array, Array, Array]:
     """Sample up to max_new_tokens continuations of left-padded prompts, in one jit.
 
     params: the model's `params` tree; cfg: its GPTConfig (static).
@@ -210,16 +251,22 @@ def generate(params, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array
     each token under the *unmodified* model (0 after EOS), lengths (B,) = tokens up to and
     including EOS. The prompt is prefilled in one forward, then a lax.while_loop decodes one
     token per step against a KV cache of P + N slots.
+    stream(i, tokens (B,)): a host function called at every step as the tokens are drawn, for
+    printing as they arrive (static: each new function compiles the decoder again).
+    mesh, rules: decode a sharded model (the training mesh and logical rules; default rules
+    `axes.DEFAULT_RULES`): params laid out by those rules, the batch split over the batch axes,
+    the KV cache split by batch and heads. The batch must divide over the batch axes.
     """
     return _run(_generate_cached, params, cfg, prompt_tokens, prompt_lengths, rng_keys,
-                max_new_tokens, temperature, top_k, top_p, eos_id)
+                max_new_tokens, temperature, top_k, top_p, eos_id, stream, mesh, rules)
 
 
 def generate_uncached(params, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array,
                       rng_keys: Array, max_new_tokens: int, temperature: float = 1.0,
-                      top_k: int = 0, top_p: float = 1.0,
-                      eos_id: int | None = None) -> tuple[Array, Array, Array]:
+                      top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None, *,
+                      stream: Callable[[Any, Any], None] | None = None, mesh: Mesh | None = None,
+                      rules: sharding.Rules | None = None) -> tuple[Array, Array, Array]:
     """`generate` without a cache: the full (B, P + N) forward through the training path every
     step (the test reference; O(N) times the work). Same arguments, same results."""
     return _run(_generate_uncached, params, cfg, prompt_tokens, prompt_lengths, rng_keys,
-                max_new_tokens, temperature, top_k, top_p, eos_id)
+                max_new_tokens, temperature, top_k, top_p, eos_id, stream, mesh, rules)

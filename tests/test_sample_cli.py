@@ -47,3 +47,44 @@ def test_bad_input(trained, args, message):
 def test_unknown_workdir(tmp_path):
     r = run_cli("gptjax.sample", "--workdir", str(tmp_path / "nope"), "--prompt", "x")
     assert r.returncode == 2 and "no such directory" in r.stderr
+
+
+def test_streamed_output_equals_the_batch_output(trained):
+    args = ("gptjax.sample", "--workdir", trained, "--prompt", "ROMEO:", "--num_samples", "2",
+            "--max_new_tokens", "20", "--seed", "3")
+    streamed = run_cli(*args, "--stream")
+    plain = run_cli(*args, "--no-stream")
+    assert streamed.returncode == 0 and plain.returncode == 0, streamed.stderr + plain.stderr
+    assert streamed.stdout == plain.stdout and streamed.stdout.count("--- sample") == 2
+
+
+def test_chat_streams_the_same_replies(trained):
+    args = ("gptjax.chat", "--workdir", trained, "--max_new_tokens", "8")
+    streamed = run_cli(*args, "--stream", input="ROMEO:\nJULIET:\n")
+    plain = run_cli(*args, "--no-stream", input="ROMEO:\nJULIET:\n")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout and streamed.stdout.count("model> ") == 2
+
+
+class _ByteTokenizer:
+    """ids are UTF-8 bytes: one character may take several tokens."""
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_token_printer_waits_for_whole_characters():
+    import io
+
+    from gptjax.streaming import TokenPrinter
+    out = io.StringIO()
+    printer = TokenPrinter(_ByteTokenizer(), stop_id=0, row=1, out=out)
+    ids = list("a\u00e9\u2603".encode())  # 1 + 2 + 3 bytes
+    shown = []
+    for i, t in enumerate(ids + [0, 65]):  # stops at 0: the 65 after it is never shown
+        printer(i, [99, t])
+        shown.append(out.getvalue())
+    assert shown[:6] == ["a", "a", "a\u00e9", "a\u00e9", "a\u00e9", "a\u00e9\u2603"]
+    assert shown[-1] == "a\u00e9\u2603"
+    printer.finish(ids)
+    assert out.getvalue() == "a\u00e9\u2603\n"

@@ -7,6 +7,8 @@ position or padding mask changes the greedy tokens.
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -74,7 +76,8 @@ def test_cache_tree_and_axes(tiny):
     names = cache_axes(cfg)
     assert jax.tree.structure(cache) == jax.tree.structure(
         names, is_leaf=lambda x: isinstance(x, tuple))
-    assert cache["h_0"]["attn"]["cached_key"].shape == (2, 7, 2, 8)
+    assert cache["h_0"]["attn"]["cached_key"].shape == (2, 2, 8, 7)  # (B, H, D, S)
+    assert cache["h_0"]["attn"]["cached_value"].shape == (2, 2, 7, 8)  # (B, H, S, D)
     assert names["h_0"]["attn"]["cached_key"][0] == "batch"
 
 
@@ -219,3 +222,49 @@ def test_bad_input_gets_a_clear_message(tiny, case, message):
         kw["top_p"] = 0.0
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
         generate(params, cfg, prompts, lengths, _keys(3), **kw)
+
+
+# --- (f) a sharded model ----------------------------------------------------------------------
+
+def test_sharded_decode_matches_one_device(tiny):
+    """The training mesh and rules: params split over fsdp/tensor, the batch over data x fsdp,
+    the KV cache by batch and heads. Tokens and log-probs equal the single-device decoder's."""
+    from gptjax import axes, sharding
+    cfg, params = tiny
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rules = sharding.rules_from_config(axes.DEFAULT_RULES)
+    boxed = jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    placed = jax.device_put(params, sharding.logical_shardings(boxed, mesh, rules)["params"])
+    assert tuple(placed["h_0"]["mlp"]["c_fc"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+    prompts = np.concatenate([PROMPTS, PROMPTS[:1]])  # 4 rows: the batch splits 4 ways
+    lengths = np.concatenate([LENGTHS, LENGTHS[:1]])
+    keys = _keys(4)
+    for temperature in (0.0, 1.0):
+        want = generate(params, cfg, prompts, lengths, keys, N_NEW, temperature=temperature)
+        got = generate(placed, cfg, prompts, lengths, keys, N_NEW, temperature=temperature,
+                       mesh=mesh, rules=rules)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+        np.testing.assert_array_equal(got[2], want[2])
+    # The cache is constrained to (batch over data x fsdp, heads over tensor).
+    from gptjax.sampling import _generate_cached
+    from gptjax.step import activated
+    with activated(mesh, rules):
+        text = _generate_cached.lower(
+            placed, cfg, jnp.asarray(prompts), jnp.asarray(lengths), keys, N_NEW,
+            jnp.float32(0), 0, jnp.float32(1), None, rules=rules).as_text()
+    key_cache = r'\[\{"data", "fsdp"\}, \{"tensor"\}, \{\}, \{\}\]> : tensor<4x2x8x13xf32>'
+    assert re.search(key_cache, text), "the key cache is not split by batch and heads"
+    with pytest.raises(ValueError, match="does not split over the 4 batch-parallel devices"):
+        generate(placed, cfg, PROMPTS, LENGTHS, _keys(3), N_NEW, mesh=mesh, rules=rules)
+
+
+# --- (g) streaming ----------------------------------------------------------------------------
+
+def test_stream_sees_every_step_in_order(tiny):
+    cfg, params = tiny
+    seen = []
+    tok, _, _ = generate(params, cfg, PROMPTS, LENGTHS, _keys(3), N_NEW, temperature=0.0,
+                         stream=lambda i, t: seen.append((int(i), np.asarray(t).copy())))
+    assert [i for i, _ in seen] == list(range(N_NEW))
+    np.testing.assert_array_equal(np.stack([t for _, t in seen], axis=1), tok)
