@@ -1,6 +1,6 @@
 """Decode speed of gptjax's sampler on GPT-2 124M (random weights, fp32), measured in one run.
 
-    python benchmarks/decode.py [--new-tokens 256] [--uncached-new-tokens 32]
+    python benchmarks/decode.py [--new-tokens 256] [--uncached-new-tokens 256]
         [--batches 1,4,16,64] [--large-batch-new-tokens 32] [--hf-new-tokens 64]
         [--repeats 3] [--prompt-len 32] [--out decode.json]
 
@@ -129,8 +129,10 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
+    import flax.linen as nn
+
     from gptjax import convert, sampling
-    from gptjax.model import GPT, init_cache
+    from gptjax.model import GPT, GPTConfig, init_cache
 
     cfg = convert.read_hf_config(args.hf_dir)
     params = jax.device_put(convert.hf_to_params(convert.load_hf_tensors(args.hf_dir), cfg))
@@ -139,11 +141,11 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
     res["bandwidth"] = measure_bandwidth(args.repeats)
     greedy = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "eos_id": None}
 
-    def gen(fn, batch: int, n: int):
+    def gen(fn, batch: int, n: int, repeats: int = args.repeats):
         toks = jnp.asarray(prompts(batch, p, cfg.vocab_size))
         lengths = jnp.full((batch,), p, jnp.int32)
         keys = jax.random.split(jax.random.key(0), batch)
-        r = timed(lambda: fn(params, cfg, toks, lengths, keys, n, **greedy), args.repeats,
+        r = timed(lambda: fn(params, cfg, toks, lengths, keys, n, **greedy), repeats,
                   jax.block_until_ready)
         out = r.pop("out")
         r.update(batch=batch, new_tokens=n, tokens_per_s=batch * n / r["median_s"],
@@ -154,23 +156,57 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {what}: {r['median_s']:.2f}s median, compile {r['compile_s']:.1f}s",
               file=sys.stderr, flush=True)
 
-    # 1. cached vs uncached, and 3. the batch sweep (its batch-1 row is table 1's cached row).
+    # 1. cached vs uncached at the same N, and 3. the batch sweep (its batch-1 row is table 1's
+    # cached row when N is the same).
     n, nu = args.new_tokens, args.uncached_new_tokens
-    res["uncached"] = gen(sampling.generate_uncached, 1, nu)
+    res["uncached"] = gen(sampling.generate_uncached, 1, nu, repeats=args.uncached_repeats)
     log(f"uncached b1 n{nu}", res["uncached"])
-    res["cached_same_n"] = gen(sampling.generate, 1, nu)
-    log(f"cached b1 n{nu}", res["cached_same_n"])
     res["batches"] = {}
     for b in args.batches:
         nb = n if b <= args.large_batch else args.large_batch_new_tokens
         res["batches"][b] = gen(sampling.generate, b, nb)
         log(f"cached b{b} n{nb}", res["batches"][b])
-    b1 = res["batches"].get(1) or gen(sampling.generate, 1, n)
-    res["cached"] = b1
+    b1 = res["batches"].get(1) if n == res["batches"].get(1, {}).get("new_tokens") else None
+    res["cached"] = b1 or gen(sampling.generate, 1, n)
+    res["cached_same_n"] = (res["cached"] if nu == n else gen(sampling.generate, 1, nu))
     # The KV cache the batch-1 loop allocates (P + N slots) and reads in full at every step.
     res["kv_cache_bytes"] = tree_bytes(jax.eval_shape(lambda: init_cache(cfg, 1, p + n)))
 
     # 2. The same per-token work driven from Python: one jitted call per token.
+    res["python_loop"] = python_loops(cfg, params, p, n, args.repeats, res["cached"])
+    for name, r in res["python_loop"].items():
+        log(f"python loop ({name}) b1 n{n}", r)
+    small = GPTConfig(vocab_size=65, block_size=1024, n_layer=4, n_head=4, n_embd=128)
+    small_params = GPT(small).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    small_params = jax.device_put(nn.unbox(small_params))
+    toks_s = jnp.asarray(prompts(1, p, small.vocab_size))
+    one_jit = timed(lambda: sampling.generate(
+        small_params, small, toks_s, jnp.full((1,), p, jnp.int32),
+        jax.random.split(jax.random.key(0), 1), n, **greedy), args.repeats, jax.block_until_ready)
+    one_jit["tokens"] = np.asarray(one_jit.pop("out")[0][0]).tolist()
+    res["small"] = {"one_jit": one_jit,
+                    **python_loops(small, small_params, p, n, args.repeats, one_jit)}
+    log(f"small model one jit b1 n{n}", one_jit)
+
+    # 5. The HF comparison's decode (64 new tokens, batch 1).
+    res["hf_match"] = gen(sampling.generate, 1, args.hf_new_tokens)
+    log(f"cached b1 n{args.hf_new_tokens}", res["hf_match"])
+    return res
+
+
+def python_loops(cfg, params, p: int, n: int, repeats: int,
+                 one_jit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Batch-1 greedy decoding driven from Python, one jitted call per token: the while_loop's
+    body as its own program (`fold_in`, `sampling.sample_token`, a one-token
+    `GPT.apply(..., decode=True)`), cache donated. 'async': no host sync until the end (the best
+    a Python loop can do); 'eos check': the token is read on the host after every step, as a loop
+    that stops at an end-of-sequence token must."""
+    import jax
+    import jax.numpy as jnp
+
+    from gptjax import sampling
+    from gptjax.model import GPT, init_cache
+
     model = GPT(cfg)
     zero, one = jnp.float32(0.0), jnp.float32(1.0)
 
@@ -183,7 +219,6 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def decode_step(params, cache, logits, keys, i):
-        """The while_loop's body as its own program: sample from logits, run one token."""
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
         tok, _ = sampling.sample_token(logits, step_keys, zero, 0, one)
         pos = jnp.full((tok.shape[0], 1), p, jnp.int32) + i
@@ -191,27 +226,26 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
                                 decode=True, mutable=["cache"])
         return tok, logits[:, -1], v["cache"]
 
-    toks1 = jnp.asarray(prompts(1, p, cfg.vocab_size))
-    keys1 = jax.random.split(jax.random.key(0), 1)
+    toks = jnp.asarray(prompts(1, p, cfg.vocab_size))
+    keys = jax.random.split(jax.random.key(0), 1)
 
-    def python_loop():
-        logits, cache = prefill(params, toks1, init_cache(cfg, 1, p + n))
+    def loop(check_eos: bool):
+        logits, cache = prefill(params, toks, init_cache(cfg, 1, p + n))
         out = []
-        for i in range(n):  # no host sync inside: each call is dispatched asynchronously
-            tok, logits, cache = decode_step(params, cache, logits, keys1, jnp.int32(i))
+        for i in range(n):
+            tok, logits, cache = decode_step(params, cache, logits, keys, jnp.int32(i))
             out.append(tok)
+            if check_eos and int(tok[0]) == -1:  # a host read per token (no EOS here)
+                break
         return jnp.stack(out, axis=1)
 
-    r = timed(python_loop, args.repeats, jax.block_until_ready)
-    loop_tokens = np.asarray(r.pop("out"))[0].tolist()
-    r.update(tokens_per_s=n / r["median_s"], ms_per_step=r["median_s"] / n * 1e3,
-             same_tokens=loop_tokens == b1["tokens"])
-    res["python_loop"] = r
-    log(f"python loop b1 n{n}", r)
-
-    # 5. The HF comparison's decode (64 new tokens, batch 1).
-    res["hf_match"] = gen(sampling.generate, 1, args.hf_new_tokens)
-    log(f"cached b1 n{args.hf_new_tokens}", res["hf_match"])
+    res = {}
+    for name, check in (("async", False), ("eos check", True)):
+        r = timed(lambda: loop(check), repeats, jax.block_until_ready)
+        tokens = np.asarray(r.pop("out"))[0].tolist()
+        r.update(tokens_per_s=n / r["median_s"], ms_per_step=r["median_s"] / n * 1e3,
+                 same_tokens=tokens == one_jit["tokens"])
+        res[name] = r
     return res
 
 
@@ -220,7 +254,8 @@ def worker_gptjax(args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--hf-dir", args.hf_dir,
            "--new-tokens", str(args.new_tokens), "--uncached-new-tokens",
-           str(args.uncached_new_tokens), "--batches", ",".join(map(str, args.batches)),
+           str(args.uncached_new_tokens), "--uncached-repeats", str(args.uncached_repeats),
+           "--batches", ",".join(map(str, args.batches)),
            "--large-batch", str(args.large_batch), "--large-batch-new-tokens",
            str(args.large_batch_new_tokens), "--hf-new-tokens", str(args.hf_new_tokens),
            "--repeats", str(args.repeats), "--prompt-len", str(args.prompt_len),
@@ -244,28 +279,37 @@ def report(args: argparse.Namespace, hf: dict[str, Any], gj: dict[str, Any]) -> 
     p, n, nu = args.prompt_len, args.new_tokens, args.uncached_new_tokens
     unc, same, cached = gj["uncached"], gj["cached_same_n"], gj["cached"]
     step_unc, step_same = unc["median_s"] / nu, same["median_s"] / nu
-    step_cached = cached["median_s"] / n
     print(f"# gptjax decode, GPT-2 124M (random weights, fp32), prompt {p}, greedy "
           f"({CORES} cores, jax {gj['jax']}, torch {hf['torch']}, transformers "
           f"{hf['transformers']})\n")
     print("## 1. KV cache (`sampling.generate`) vs no cache (`sampling.generate_uncached`)\n\n"
-          + HEAD + "\n".join([
-              _row("generate_uncached", unc, nu), _row("generate", same, nu),
-              _row("generate", cached, n)]) + "\n\n"
-          f"- per-token ratio uncached/cached, both at {nu} new tokens: "
-          f"**{step_unc / step_same:.1f}x**; uncached at {nu} tokens vs cached at {n}: "
-          f"{step_unc / step_cached:.1f}x. The uncached loop runs a full (1, {p}+{nu}) forward "
-          f"every step, so its per-token cost grows with the sequence: at {n} new tokens it "
-          "would be larger still (not run: too slow).\n")
-    loop = gj["python_loop"]
+          + HEAD + "\n".join([_row("generate_uncached", unc, nu), _row("generate", same, nu)])
+          + "\n\n"
+          f"- speed-up of the cache at {nu} new tokens: **{step_unc / step_same:.1f}x**. The "
+          f"uncached loop runs a full (1, {p} + i) forward through the training path at step i, "
+          f"so its cost per token grows with the sequence; it is timed "
+          f"{args.uncached_repeats} time(s) after its compile (--uncached-repeats).\n")
+    loops = gj["python_loop"]
+    small = gj["small"]
+    rows = [_row("GPT-2 124M: generate (prefill + lax.while_loop, one jit)", cached, n)]
+    rows += [_row(f"GPT-2 124M: Python loop, {k}", r, n) for k, r in loops.items()]
+    rows += [_row("small 4L/4H/128d: generate (one jit)", small["one_jit"], n)]
+    rows += [_row(f"small 4L/4H/128d: Python loop, {k}", small[k], n) for k in loops]
+    speedups = "; ".join(
+        f"{what} vs {k}: **{r['median_s'] / base['median_s']:.2f}x** (same tokens: "
+        f"{r['same_tokens']})"
+        for what, base, rs in (("124M", cached, loops),
+                               ("small", small["one_jit"], {k: small[k] for k in loops}))
+        for k, r in rs.items())
     print("## 2. One-jit while_loop vs a Python loop over a jitted one-token step\n\n" + HEAD
-          + "\n".join([_row("generate (prefill + lax.while_loop, one jit)", cached, n),
-                       _row("Python loop: jit(prefill), then jit(decode_step) per token",
-                            loop, n)]) + "\n\n"
-          f"- speed-up of the one-jit loop: **{loop['median_s'] / cached['median_s']:.2f}x**; "
-          f"same tokens: {loop['same_tokens']}. decode_step is the while_loop's body (fold_in, "
-          "`sampling.sample_token`, `GPT.apply(..., decode=True, mutable=['cache'])`) with the "
-          "cache donated; the loop never syncs with the host until the end.\n")
+          + "\n".join(rows) + "\n\n"
+          f"- speed-up of the one-jit loop: {speedups}.\n"
+          "- the Python loop calls `jit(prefill)` once, then per token a jitted `decode_step` = "
+          "the while_loop's body (fold_in, `sampling.sample_token`, `GPT.apply(..., decode=True, "
+          "mutable=['cache'])`) with the cache donated. 'async' never syncs with the host until "
+          "the end; 'eos check' reads each token on the host, as a loop that stops at an end "
+          "token must. The small model (vocab 65, the shakespeare_char width) shows the loop "
+          "overhead where a step is short.\n")
     rows = [_row("generate", r, r["new_tokens"], r["batch"]) for r in gj["batches"].values()]
     print("## 3. Throughput by batch size\n\n" + HEAD + "\n".join(rows) + "\n\n"
           f"- batches above {args.large_batch} decode {args.large_batch_new_tokens} new tokens "
@@ -305,7 +349,11 @@ def report(args: argparse.Namespace, hf: dict[str, Any], gj: dict[str, Any]) -> 
     return {"machine": {"cores": CORES, "load_avg": os.getloadavg()}, "args": vars(args),
             "hf": hf, "gptjax": gj,
             "summary": {"cached_over_uncached_same_n": step_unc / step_same,
-                        "one_jit_over_python_loop": loop["median_s"] / cached["median_s"],
+                        "one_jit_over_python_loop": {
+                            k: r["median_s"] / cached["median_s"] for k, r in loops.items()},
+                        "small_one_jit_over_python_loop": {
+                            k: small[k]["median_s"] / small["one_jit"]["median_s"]
+                            for k in loops},
                         "bandwidth_gb_s": bw["gb_s"], "ceiling_tokens_per_s": ceiling,
                         "fraction_of_ceiling": frac,
                         "over_hf_cache": hc["median_s"] / hm["median_s"],
@@ -315,7 +363,9 @@ def report(args: argparse.Namespace, hf: dict[str, Any], gj: dict[str, Any]) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--new-tokens", type=int, default=256, help="batch-1 (and small-batch) run")
-    ap.add_argument("--uncached-new-tokens", type=int, default=32)
+    ap.add_argument("--uncached-new-tokens", type=int, default=256)
+    ap.add_argument("--uncached-repeats", type=int, default=1,
+                    help="timed runs of the (slow) uncached decoder after its warm-up")
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")],
                     default=[1, 4, 16, 64])
     ap.add_argument("--large-batch", type=int, default=4,
