@@ -51,7 +51,16 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ..
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ('data', 'fsdp', 'tensor') mesh over all devices (of every process) or the given ones."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = resolve_mesh_shape(shape, len(devices))
+    try:
+        sizes = resolve_mesh_shape(shape, len(devices))
+    except GptjaxError as e:
+        if jax.process_count() == 1:
+            raise
+        # Name where the devices are: a multi-process mesh spans every process's devices.
+        raise GptjaxError(
+            f"{e} (The devices are global: {jax.process_count()} processes with "
+            f"{jax.local_device_count()} devices each; start more processes or give each more "
+            "devices, e.g. launch/local.py --devices_per_process.)") from None
     if devices == list(jax.devices()):
         # Topology-aware placement (ICI/NVLink neighbours on the fast axes) when using them all.
         return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,

@@ -76,7 +76,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
                          tokens_per_step=answers * seq_len,
                          flops_per_token=s.cfg.flops_per_token(seq_len),
                          num_params=s.cfg.num_params(non_embedding=False),
-                         initial_params=initial_params)
+                         initial_params=initial_params,
+                         # batch i holds records [i*B, (i+1)*B) whatever the process count
+                         data_position_global=True)
     if result.interrupted_by is not None:
         return result
     params = jax.device_get(result.state.params)

@@ -131,13 +131,16 @@ class _StopFlag:
 def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         train_it: Iterator[Any], val_set: Any, *, stage: str, tokens_per_step: int,
         flops_per_token: float, num_params: int,
-        initial_params: Callable[[], Any] | None = None) -> RunResult:
+        initial_params: Callable[[], Any] | None = None,
+        data_position_global: bool = False) -> RunResult:
     """Train `config.train.steps` optimizer steps (resuming from the workdir's latest checkpoint).
 
     train_it: checkpointable grain iterator of this process's rows of each batch (a pytree of
     numpy arrays with the batch first); val_set: the same pytree stacked (n, rows, ...), or None.
     initial_params: loader of the starting parameters for a fresh run (fine-tuning); None
     initialises them from `config.seed`. It is not called when a checkpoint is resumed.
+    data_position_global: the iterator's state is the next global batch index, so it carries
+    over to a run with another number of processes (see `Checkpointer.restore`).
     """
     tcfg = config.train
     mesh, rules = c.mesh, c.rules
@@ -145,7 +148,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
     latest = ckpt.latest_step()
     if latest is not None:
-        state = ckpt.restore(latest, c.abstract, train_it)
+        state = ckpt.restore(latest, c.abstract, train_it, data_position_global)
     elif initial_params is not None:
         state = c.state_from_params(initial_params())
     else:
@@ -164,12 +167,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     start_step = step
     progress = Progress(tcfg.steps, step, enabled=tcfg.progress and is_chief)
     writer = MetricsWriter(workdir, enabled=is_chief)
-    progress.write(
-        f"gptjax {stage}: {num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)} on "
-        f"{jax.device_count()} {jax.devices()[0].platform} devices, {tokens_per_step} "
-        f"tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device ({peak_source}); "
-        + (f"resumed at step {step}" if latest is not None
-           else "fine-tuning" if initial_params is not None else "from scratch"))
+    if is_chief:
+        progress.write(
+            f"gptjax {stage}: {num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)} on "
+            f"{jax.device_count()} {jax.devices()[0].platform} devices"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f", {tokens_per_step} tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device "
+            f"({peak_source}); "
+            + (f"resumed at step {step}" if latest is not None
+               else "fine-tuning" if initial_params is not None else "from scratch"))
 
     last_saved = latest
     val_metrics: dict[str, float] = {}
