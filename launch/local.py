@@ -111,7 +111,10 @@ def launch(num_processes: int, devices_per_process: int, train_args: list[str],
         procs.append(p)
         pumps.append(t)
 
+    interrupted = []
+
     def forward(signum, frame):  # Ctrl-C: every process saves a checkpoint and stops
+        interrupted.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -120,7 +123,9 @@ def launch(num_processes: int, devices_per_process: int, train_args: list[str],
     failed = None
     try:
         while failed is None and any(p.poll() is None for p in procs):
-            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+            if not interrupted:  # after a forwarded signal, let every process finish its save
+                failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)),
+                              None)
             time.sleep(0.1)
         if failed is None:
             failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import config as config_lib
 from gptjax import sharding, step as step_lib
@@ -128,6 +130,39 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+class _AgreedStop:
+    """The signal that stops the run, agreed by every process at the same step.
+
+    Processes may receive SIGINT/SIGTERM a step apart; if each stopped on its own, their
+    collectives (the next step, the checkpoint) would no longer match and the run would hang. So
+    a multi-process run also takes the max of the processes' signal numbers after each step, read
+    one step late like the metrics: every process stops after the same step.
+    """
+
+    def __init__(self, flag: _StopFlag, mesh: Any):
+        self.flag = flag
+        self.agreed: int | None = None
+        self.multi = jax.process_count() > 1
+        self._pending = None
+        if self.multi:
+            self._spec = NamedSharding(mesh, P(tuple(mesh.axis_names)))  # one int per device
+            self._max = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
+
+    @property
+    def signum(self) -> int | None:
+        return self.agreed if self.multi else self.flag.signum
+
+    def after_step(self) -> None:
+        """Call once per step, right after dispatching it."""
+        if not self.multi:
+            return
+        previous = self._pending
+        local = np.full((jax.local_device_count(),), self.flag.signum or 0, np.int32)
+        self._pending = self._max(jax.make_array_from_process_local_data(self._spec, local))
+        if previous is not None and int(previous):
+            self.agreed = int(previous)
+
+
 def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         train_it: Iterator[Any], val_set: Any, *, stage: str, tokens_per_step: int,
         flops_per_token: float, num_params: int,
@@ -213,11 +248,13 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     t_start = time.perf_counter()
     pending = None
     try:
-        with _StopFlag() as stop, step_lib.activated(mesh, rules):
+        with _StopFlag() as flag, step_lib.activated(mesh, rules):
+            stop = _AgreedStop(flag, mesh)
             while step < tcfg.steps and stop.signum is None:
                 batch = sharding.global_batch(next(train_it), c.batch_sharding)
                 state, metrics = c.train_step(state, batch)
                 step += 1
+                stop.after_step()
                 if step == start_step + 1:  # keep compilation out of the first tokens/s window
                     jax.block_until_ready(metrics)
                     window.update(t0=time.perf_counter(), step0=step)
@@ -241,7 +278,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
             if pending is not None:
                 finish_step(*pending)
             if stop.signum is not None and last_saved != step:
-                progress.write(f"signal {stop.signum}: saving step {step} before exiting")
+                if is_chief:
+                    progress.write(f"signal {stop.signum}: saving step {step} before exiting")
                 save(step)
         ckpt.wait()
     finally:
