@@ -102,8 +102,9 @@ class Checkpointer:
             note = ("this stage's data position is per process, so the data stream starts "
                     "over from its beginning")
         if jax.process_index() == 0:
-            print(f"gptjax: note: the checkpoint at step {step} was written by {len(saved)} "
-                  f"processes and this run has {jax.process_count()}: the arrays are resharded "
+            procs = f"{len(saved)} process" + ("es" if len(saved) > 1 else "")
+            print(f"gptjax: note: the checkpoint at step {step} was written by {procs} "
+                  f"and this run has {jax.process_count()}: the arrays are resharded "
                   f"to this mesh, and {note}.", file=sys.stderr, flush=True)
 
     def _item_dir(self, step: int, item: str) -> str:

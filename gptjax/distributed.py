@@ -139,7 +139,8 @@ def initialize(opts: Options | None = None) -> bool:
             "address, that all processes were started with the same --coordinator_address and "
             "--num_processes, and raise --distributed_timeout if hosts start slowly."
             if o.num_processes is not None else
-            "Check that every task of the job started, or raise --distributed_timeout.")
+            "Check that every task of the job started (under SLURM: one process per task, "
+            "started by srun), or raise --distributed_timeout.")
     # jax aborts the process (a C++ fatal error) when joining times out, so a watchdog gives
     # the clear message first: jax's own deadline is set a little later than ours.
     done = threading.Event()
