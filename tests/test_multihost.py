@@ -159,11 +159,35 @@ def test_dead_process_stops_the_other_and_the_run_resumes(tmp_path):
     assert not (wd / "checkpoints" / "300").exists()
     last = Checkpointer(str(wd)).latest_step()
     assert last is not None and last >= 10
-    # Relaunched (with a nearer end), both processes resume from the last checkpoint.
-    r = _launch(2, 1, *args, f"--config.train.steps={last + 5}")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resumed at step {last}" in (wd / "logs" / "process_0.log").read_text()
-    assert max(_losses(wd)) == last + 5
+    # Relaunched, both processes resume from the last checkpoint. Then Ctrl-C to the launcher:
+    # every process must stop after the same step and save it together.
+    def logged_lines():  # complete lines only: process 0 may be writing one
+        return (wd / "metrics.jsonl").read_text().count("\n")
+
+    logged = logged_lines()  # the killed run logged some steps past its last checkpoint
+    with open(tmp_path / "launcher.log", "w") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "launch/local.py", "--num_processes", "2", "--", *args,
+             "--config.train.steps=300"], cwd=ROOT, env=_env(), stdout=log,
+            stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while logged_lines() < logged + 3:  # the resumed run is past its first steps
+                assert launcher.poll() is None, "the relaunched run stopped early"
+                assert time.time() < deadline, "the relaunched run made no progress in 120 s"
+                time.sleep(0.05)
+            launcher.send_signal(signal.SIGINT)
+            launcher.wait(timeout=60)
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+    out = (tmp_path / "launcher.log").read_text()
+    assert launcher.returncode == 128 + signal.SIGINT, out
+    assert f"resumed at step {last}" in out
+    saved = Checkpointer(str(wd)).latest_step()
+    assert saved > last + 2 and f"saving step {saved} before exiting" in out
+    assert not (wd / "checkpoints" / "300").exists()
 
 
 def test_unreachable_coordinator_fails_within_the_timeout():
