@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
@@ -22,7 +23,7 @@ def config_from_argv(argv: list[str], usage: str):
     return fv.config, _workdir(fv)
 
 
-def train_args_from_argv(argv: list[str], usage: str):
+def train_args_from_argv(argv: list[str], usage: str) -> tuple[Any, str, Options]:
     """`config_from_argv` plus the multi-process flags `--coordinator_address HOST:PORT
     --num_processes N --process_id I --distributed_timeout S` -> (config, workdir, Options)."""
     fv = _parse(argv, usage, distributed=True)

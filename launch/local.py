@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Start N CPU processes of `python -m gptjax.train` over localhost: the multi-host path on one
 machine (each process has its own simulated CPU devices; collectives go over gloo/TCP).
 

@@ -3,8 +3,9 @@ checkpoint as one process, restore on another process count, a dead peer, and ba
 
 Tolerance: 2 processes x 2 devices and 1 process x 4 devices run the same program on the same
 global batches, but their all-reduces differ (gloo across processes vs in-process), so sums may
-round differently: losses and parameters must agree to rel 1e-5 (float32; measured: equal or
-within 6e-8).
+round differently. Losses must agree to rel 1e-5 (float32; measured: 9 of 10 steps bitwise
+equal, the other 6e-8 apart), parameters to rtol 1e-5 + atol 5e-6 (measured: 57% of the values
+bitwise equal, the largest absolute difference 8e-7).
 """
 
 import json
@@ -99,7 +100,7 @@ def test_two_processes_match_one_process_and_continue_on_one_device(tmp_path):
     assert recs[-1]["val_loss"] == pytest.approx(_metrics(one)[9]["val_loss"], rel=RTOL)
     pa, pb = _params(two, 10), _params(one, 10)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-        np.testing.assert_allclose(x, y, rtol=RTOL, atol=1e-6)
+        np.testing.assert_allclose(x, y, rtol=RTOL, atol=5e-6)
     # Each process logged to its own file; only process 0 reports.
     logs = two / "logs"
     p0, p1 = (logs / "process_0.log").read_text(), (logs / "process_1.log").read_text()
