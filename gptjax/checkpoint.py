@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
 from typing import Any
 
 import grain
@@ -61,19 +64,48 @@ class Checkpointer:
                     "Use a new --workdir or the config this workdir was trained with "
                     "(its config.json).")
 
-    def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None) -> Any:
-        """Restore into the given abstract state (shapes + shardings); the iterator in place."""
+    def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None,
+                data_position_global: bool = False) -> Any:
+        """Restore into the given abstract state (shapes + shardings); the iterator in place.
+
+        The arrays are resharded to the abstract state's shardings, whatever mesh and process
+        count wrote them. The data position is saved per process; when the checkpoint was written
+        by another number of processes it carries over only if `data_position_global` (the
+        iterator's state is the index of the next global batch, the same in every process, as
+        for pretraining's random windows); otherwise the iterator starts over, with a note.
+        """
         self.check_compatible(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         # A checkpoint written by another tool (e.g. convert) may hold no data position: the
         # iterator then starts from the beginning.
-        if data_iter is not None and os.path.isdir(self._item_dir(step, "data")):
+        data_dir = self._item_dir(step, "data")
+        saved = _data_positions(data_dir) if data_iter is not None else {}
+        n = jax.process_count()
+        if saved and len(saved) == n:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
             raise _corrupt(self.directory, step, e) from None
+        if saved and len(saved) != n:
+            self._carry_over_position(step, saved, data_iter, data_position_global)
         return restored["state"]
+
+    def _carry_over_position(self, step: int, saved: dict[int, str], data_iter: Any,
+                             data_position_global: bool) -> None:
+        """Data position of a checkpoint written by another number of processes."""
+        states = set(saved.values())
+        if data_position_global and len(states) == 1:
+            data_iter.set_state(json.loads(states.pop()))
+            note = "the data position (the next global batch) carries over"
+        else:
+            note = ("this stage's data position is per process, so the data stream starts "
+                    "over from its beginning")
+        if jax.process_index() == 0:
+            procs = f"{len(saved)} process" + ("es" if len(saved) > 1 else "")
+            print(f"gptjax: note: the checkpoint at step {step} was written by {procs} "
+                  f"and this run has {jax.process_count()}: the arrays are resharded "
+                  f"to this mesh, and {note}.", file=sys.stderr, flush=True)
 
     def _item_dir(self, step: int, item: str) -> str:
         path = ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(), step=step)
@@ -84,6 +116,20 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _data_positions(data_dir: str) -> dict[int, str]:
+    """{process index: saved iterator state} of a checkpoint's data item (grain writes one
+    `process_<i>-of-<n>.json` per process); empty when there is none."""
+    if not os.path.isdir(data_dir):
+        return {}
+    out = {}
+    for name in os.listdir(data_dir):
+        m = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", name)
+        if m:
+            with open(os.path.join(data_dir, name)) as f:
+                out[int(m.group(1))] = f.read()
+    return out
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -51,7 +51,16 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ..
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ('data', 'fsdp', 'tensor') mesh over all devices (of every process) or the given ones."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = resolve_mesh_shape(shape, len(devices))
+    try:
+        sizes = resolve_mesh_shape(shape, len(devices))
+    except GptjaxError as e:
+        if jax.process_count() == 1:
+            raise
+        # Name where the devices are: a multi-process mesh spans every process's devices.
+        raise GptjaxError(
+            f"{e} (The devices are global: {jax.process_count()} processes with "
+            f"{jax.local_device_count()} device(s) each; start more processes or give each more "
+            "devices, e.g. launch/local.py --devices_per_process.)") from None
     if devices == list(jax.devices()):
         # Topology-aware placement (ICI/NVLink neighbours on the fast axes) when using them all.
         return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
@@ -113,3 +122,15 @@ def global_batch(local: Any, sharding: NamedSharding) -> Any:
     """Assemble global arrays from this process's rows (each process passes its own slice);
     `local` is one array or a pytree of them, all laid out by `sharding`."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def to_host(tree: Any) -> Any:
+    """Host numpy copies of a pytree of global arrays, in every process (arrays sharded over
+    several processes' devices are gathered first: a collective, so every process must call)."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(one, tree)

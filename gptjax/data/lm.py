@@ -82,14 +82,17 @@ def prepare_char_corpus(text_path: str, out_dir: str, val_fraction: float) -> To
     if len(ids) - n_val < 2 or n_val < 2:
         raise GptjaxError(f"data file {text_path!r} has only {len(ids)} tokens: too few to split "
                           f"into train and validation (val_fraction={val_fraction}).")
+    # Every process of a multi-process run may prepare the same folder at once (hosts need not
+    # share a disk): each writes its own temporary files, and the renames are atomic.
+    tmp_suffix = f".tmp{os.getpid()}"
     for name, part in (("train", ids[: len(ids) - n_val]), ("val", ids[len(ids) - n_val:])):
-        tmp = os.path.join(out_dir, f"{name}.bin.tmp")
+        tmp = os.path.join(out_dir, f"{name}.bin{tmp_suffix}")
         part.tofile(tmp)
         os.replace(tmp, os.path.join(out_dir, f"{name}.bin"))
     save_tokenizer(tok, tok_path)
-    with open(meta_path + ".tmp", "w") as f:
+    with open(meta_path + tmp_suffix, "w") as f:
         json.dump({**key, "source": text_path, "tokens": len(ids), "vocab_size": tok.vocab_size}, f)
-    os.replace(meta_path + ".tmp", meta_path)
+    os.replace(meta_path + tmp_suffix, meta_path)
     return _open_splits(out_dir, tok)
 
 

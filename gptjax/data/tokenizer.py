@@ -218,7 +218,7 @@ def with_special_tokens(tok: Tokenizer) -> Tokenizer:
 
 
 def save_tokenizer(tok: Tokenizer, path: str) -> None:
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # several processes may write the same file at once
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(tok.to_json(), f, ensure_ascii=False)
     os.replace(tmp, path)

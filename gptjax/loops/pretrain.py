@@ -74,4 +74,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     return trainer.fit(config, workdir, p, train_it, val_set, stage="pretrain",
                        tokens_per_step=tcfg.batch_size * p.seq_len,
                        flops_per_token=mcfg.flops_per_token(p.seq_len),
-                       num_params=mcfg.num_params(non_embedding=False))
+                       num_params=mcfg.num_params(non_embedding=False),
+                       data_position_global=True)  # batch i is a function of (seed, i)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gptjax import config as config_lib
-from gptjax import losses
+from gptjax import losses, sharding
 from gptjax import reward_model as rm
 from gptjax.data import preferences
 from gptjax.loops import finetune, trainer
@@ -76,10 +76,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
                          tokens_per_step=answers * seq_len,
                          flops_per_token=s.cfg.flops_per_token(seq_len),
                          num_params=s.cfg.num_params(non_embedding=False),
-                         initial_params=initial_params)
+                         initial_params=initial_params,
+                         # batch i holds records [i*B, (i+1)*B) whatever the process count
+                         data_position_global=True)
     if result.interrupted_by is not None:
         return result
-    params = jax.device_get(result.state.params)
+    params = sharding.to_host(result.state.params)  # gathered when sharded over processes
     report = heldout_accuracy(params, s.cfg, data.val)
     finetune.write_json(workdir, "reward_eval.json", report)
     msg = (f"reward model held-out accuracy {report['accuracy']:.3f} ± {report['stderr']:.3f} "

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import config as config_lib
 from gptjax import sharding, step as step_lib
@@ -128,16 +130,52 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+class _AgreedStop:
+    """The signal that stops the run, agreed by every process at the same step.
+
+    Processes may receive SIGINT/SIGTERM a step apart; if each stopped on its own, their
+    collectives (the next step, the checkpoint) would no longer match and the run would hang. So
+    a multi-process run also takes the max of the processes' signal numbers after each step, read
+    one step late like the metrics: every process stops after the same step.
+    """
+
+    def __init__(self, flag: _StopFlag, mesh: Any):
+        self.flag = flag
+        self.agreed: int | None = None
+        self.multi = jax.process_count() > 1
+        self._pending = None
+        if self.multi:
+            self._spec = NamedSharding(mesh, P(tuple(mesh.axis_names)))  # one int per device
+            self._max = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
+
+    @property
+    def signum(self) -> int | None:
+        return self.agreed if self.multi else self.flag.signum
+
+    def after_step(self) -> None:
+        """Call once per step, right after dispatching it."""
+        if not self.multi:
+            return
+        previous = self._pending
+        local = np.full((jax.local_device_count(),), self.flag.signum or 0, np.int32)
+        self._pending = self._max(jax.make_array_from_process_local_data(self._spec, local))
+        if previous is not None and int(previous):
+            self.agreed = int(previous)
+
+
 def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         train_it: Iterator[Any], val_set: Any, *, stage: str, tokens_per_step: int,
         flops_per_token: float, num_params: int,
-        initial_params: Callable[[], Any] | None = None) -> RunResult:
+        initial_params: Callable[[], Any] | None = None,
+        data_position_global: bool = False) -> RunResult:
     """Train `config.train.steps` optimizer steps (resuming from the workdir's latest checkpoint).
 
     train_it: checkpointable grain iterator of this process's rows of each batch (a pytree of
     numpy arrays with the batch first); val_set: the same pytree stacked (n, rows, ...), or None.
     initial_params: loader of the starting parameters for a fresh run (fine-tuning); None
     initialises them from `config.seed`. It is not called when a checkpoint is resumed.
+    data_position_global: the iterator's state is the next global batch index, so it carries
+    over to a run with another number of processes (see `Checkpointer.restore`).
     """
     tcfg = config.train
     mesh, rules = c.mesh, c.rules
@@ -145,7 +183,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
     latest = ckpt.latest_step()
     if latest is not None:
-        state = ckpt.restore(latest, c.abstract, train_it)
+        state = ckpt.restore(latest, c.abstract, train_it, data_position_global)
     elif initial_params is not None:
         state = c.state_from_params(initial_params())
     else:
@@ -164,12 +202,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     start_step = step
     progress = Progress(tcfg.steps, step, enabled=tcfg.progress and is_chief)
     writer = MetricsWriter(workdir, enabled=is_chief)
-    progress.write(
-        f"gptjax {stage}: {num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)} on "
-        f"{jax.device_count()} {jax.devices()[0].platform} devices, {tokens_per_step} "
-        f"tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device ({peak_source}); "
-        + (f"resumed at step {step}" if latest is not None
-           else "fine-tuning" if initial_params is not None else "from scratch"))
+    if is_chief:
+        progress.write(
+            f"gptjax {stage}: {num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)} on "
+            f"{jax.device_count()} {jax.devices()[0].platform} devices"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f", {tokens_per_step} tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device "
+            f"({peak_source}); "
+            + (f"resumed at step {step}" if latest is not None
+               else "fine-tuning" if initial_params is not None else "from scratch"))
 
     last_saved = latest
     val_metrics: dict[str, float] = {}
@@ -207,11 +248,13 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     t_start = time.perf_counter()
     pending = None
     try:
-        with _StopFlag() as stop, step_lib.activated(mesh, rules):
+        with _StopFlag() as flag, step_lib.activated(mesh, rules):
+            stop = _AgreedStop(flag, mesh)
             while step < tcfg.steps and stop.signum is None:
                 batch = sharding.global_batch(next(train_it), c.batch_sharding)
                 state, metrics = c.train_step(state, batch)
                 step += 1
+                stop.after_step()
                 if step == start_step + 1:  # keep compilation out of the first tokens/s window
                     jax.block_until_ready(metrics)
                     window.update(t0=time.perf_counter(), step0=step)
@@ -235,7 +278,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
             if pending is not None:
                 finish_step(*pending)
             if stop.signum is not None and last_saved != step:
-                progress.write(f"signal {stop.signum}: saving step {step} before exiting")
+                if is_chief:
+                    progress.write(f"signal {stop.signum}: saving step {step} before exiting")
                 save(step)
         ckpt.wait()
     finally:
