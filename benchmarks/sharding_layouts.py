@@ -123,13 +123,10 @@ def expected_collectives(config, pieces) -> dict[str, float]:
     k = config.train.grad_accum
     t_len = pieces.seq_len
     gather = scatter = reduce = tied = 0.0
-    wte = None
     flat = jax.tree_util.tree_flatten_with_path(pieces.abstract.params)[0]
     for path, leaf in flat:
-        shape = list(leaf.shape)
-        if "wte" in jax.tree_util.keystr(path):
-            wte = leaf
-        if "wpe" in jax.tree_util.keystr(path):
+        shape, name = list(leaf.shape), jax.tree_util.keystr(path)
+        if "wpe" in name:
             shape[0] = min(shape[0], t_len)  # only the used positions get a gradient
         size = math.prod(shape) * leaf.dtype.itemsize
         split = [a for e in leaf.sharding.spec for a in _axes(e)]
@@ -137,6 +134,8 @@ def expected_collectives(config, pieces) -> dict[str, float]:
         t_p = math.prod(mesh.shape[a] for a in split if a not in batch_axes)
         if n_b == 1:
             continue
+        if "wte" in name:  # XLA:CPU may reduce its two gradient contributions separately
+            tied = k * size / t_p
         if b_p > 1:
             gather += size / t_p
             scatter += k * size / t_p
@@ -144,10 +143,8 @@ def expected_collectives(config, pieces) -> dict[str, float]:
                 reduce += k * size / t_p / b_p
         else:
             reduce += k * size / t_p
-            if leaf is wte:  # XLA:CPU reduces its two gradient contributions separately
-                tied = k * size / t_p
-    tensor = math.prod(mesh.shape[a] for name in (axes.ACT_HEADS, axes.ACT_MLP)
-                       for a in _axes(rules.get(name)))
+    tensor = math.prod(mesh.shape[a] for a in {a for logical in (axes.ACT_HEADS, axes.ACT_MLP)
+                                               for a in _axes(rules.get(logical))})
     act = 0.0
     if tensor > 1:
         m = config.model
@@ -185,7 +182,8 @@ def _host_available() -> float:
     return float("inf")
 
 
-def measure(config, mesh: dict[str, int], steps: int, devices: Any = None) -> dict[str, Any]:
+def measure(config, mesh: dict[str, int], steps: int, devices: Any = None,
+            dump_hlo: str | None = None) -> dict[str, Any]:
     """Compile the real train step for one mesh (abstract inputs), read memory and collectives
     from the executable, then (steps > 0) time `steps` steps after one warm-up."""
     import jax
@@ -206,6 +204,11 @@ def measure(config, mesh: dict[str, int], steps: int, devices: Any = None) -> di
         compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     hlo = compiled.as_text()
+    if dump_hlo:
+        os.makedirs(dump_hlo, exist_ok=True)
+        name = "x".join(str(pieces.mesh.shape[a]) for a in ("data", "fsdp", "tensor"))
+        with open(os.path.join(dump_hlo, f"train_step_{name}.hlo.txt"), "w") as f:
+            f.write(hlo)
     coll = hlo_collectives.count_collectives(hlo)
     params = jax.tree.leaves(pieces.abstract.params)
     r: dict[str, Any] = dict(
@@ -311,8 +314,9 @@ def _notes(r: dict[str, Any]) -> list[str]:
                      f"reassociation); without it measured / analytic = "
                      f"{(red - tied) / expect:.3f}")
     if r["all-gather analytic"] and r["all-gather bytes"] > 1.5 * r["all-gather analytic"]:
-        notes.append("parameters are all-gathered again for the backward pass "
-                     f"({r['all-gather bytes'] / r['all-gather analytic']:.2f} x the forward)")
+        notes.append(f"{r['all-gather bytes'] / r['all-gather analytic']:.2f} x the forward's "
+                     "parameter all-gathers: XLA gathers again for the backward pass (and, with "
+                     "gradient accumulation, may do so in every micro-step)")
     if r["reduce-scatter analytic"] and not r["reduce-scatter n"]:
         notes.append("sharded gradients are all-reduced whole and then sliced (no reduce-scatter"
                      " on this backend): counted with the reductions")
@@ -370,15 +374,15 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: str, title: str) -> list[
     return [csv_path, png_path]
 
 
-def run(config, layouts: list[str], meshes: list[str], steps: int,
-        devices: Any = None) -> list[dict[str, Any]]:
+def run(config, layouts: list[str], meshes: list[str], steps: int, devices: Any = None,
+        dump_hlo: str | None = None) -> list[dict[str, Any]]:
     """One row per layout name and per explicit mesh; a layout that cannot be built for this
     model and device count (e.g. 12 heads over 8 tensor devices) gets its error instead."""
     rows = []
     for name in layouts + meshes:
         print(f"[sharding_layouts] {name} ...", file=sys.stderr, flush=True)
         try:
-            r = measure(config, mesh_of(name), steps, devices)
+            r = measure(config, mesh_of(name), steps, devices, dump_hlo)
         except Exception as e:  # report and go on with the other layouts
             msg = " ".join(str(e).split())
             r = {"error": msg[:160]}
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aot", action="store_true",
                     help="compile only, with the config's own shapes (no CPU-sized defaults)")
     ap.add_argument("--topology", help="TPU topology for --aot, e.g. v5e:4x4 (needs libtpu)")
+    ap.add_argument("--dump_hlo", help="also write each compiled step's HLO text here")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "sharding_layouts"))
     args, rest = ap.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.")]
@@ -419,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.aot and not any(o.startswith("--config.data.seq_len") for o in overrides):
         config.data.seq_len = min(CPU_SEQ_LEN, config.model.block_size)
     layouts = [s for s in args.layouts.split(",") if s] if not (args.aot and args.mesh) else []
-    rows = run(config, layouts, args.mesh, 0 if args.aot else args.steps, devices)
+    rows = run(config, layouts, args.mesh, 0 if args.aot else args.steps, devices,
+               args.dump_hlo)
     m = config.model
     dev = devices or jax.devices()
     title = (f"{os.path.basename(args.config)}: {m.n_layer}L {m.n_head}H {m.n_embd}C vocab "
