@@ -12,7 +12,8 @@ all-reduce, all-gather, reduce-scatter, collective-permute and all-to-all. The r
 - an async pair (`all-gather-start` / `all-gather-done`, ...) counts once, sized by the
   `-done` op's result; ops wrapped in `async-start` are counted inside the computation it calls;
 - ops inside a `while` body (a lax.scan: gradient accumulation, scanned layers) count once per
-  iteration (XLA's `known_trip_count`; 1 if unknown, and `unknown_trip_counts` says so), and
+  iteration (XLA's `known_trip_count`, else the `i < N` of the loop condition; 1 if neither is
+  there, and `unknown_trip_counts` says so), and
   ops in called computations (call, conditional branches, fusions) once per call.
 """
 
@@ -103,6 +104,20 @@ def _computations(hlo: str) -> tuple[dict[str, list[_Instr]], str | None]:
     return comps, entry
 
 
+def _bound(comps: dict[str, list[_Instr]], args: str) -> int | None:
+    """A while loop's trip count from its condition when XLA left no known_trip_count: the
+    `i < N` of a lax.scan / fori_loop (counter from 0 by 1), N an integer constant."""
+    m = re.search(r"condition=%?([^\s,}]+)", args)
+    cond = comps.get(m.group(1), []) if m else []
+    consts = {i.name: i.args.split(")", 1)[0] for i in cond if i.opcode == "constant"}
+    for i in cond:
+        if i.opcode == "compare" and "direction=LT" in i.args:
+            operands = _OPERAND.findall(i.args.split(")", 1)[0])
+            if len(operands) == 2 and consts.get(operands[1], "").lstrip("-").isdigit():
+                return int(consts[operands[1]])
+    return None
+
+
 def count_collectives(hlo: str) -> dict[str, Collective]:
     """{kind: Collective(count, bytes)} executed per run of the module's entry computation."""
     return _count(hlo)[0]
@@ -142,8 +157,9 @@ def _count(hlo: str) -> tuple[dict[str, Collective], int]:
             trip = 1
             if op == "while":
                 m = _TRIP.search(ins.args)
-                trip = int(m.group(1)) if m else 1
-                unknown += m is None
+                trip = int(m.group(1)) if m else _bound(comps, ins.args)
+                unknown += trip is None
+                trip = trip or 1
             for key, callee in _CALLED.findall(ins.args):
                 visit(callee, times * (trip if key == "body" else 1), depth + 1)
             for group in _BRANCHES.findall(ins.args):
