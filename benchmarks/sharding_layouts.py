@@ -310,8 +310,8 @@ def _notes(r: dict[str, Any]) -> list[str]:
     if tied and expect and abs(red - expect - tied) < 0.01 * expect:
         notes.append(f"the reductions exceed the analytic value by the tied embedding's "
                      f"gradient ({tied / MIB:,.1f} MiB): its input-lookup and output-head "
-                     f"contributions are all-reduced separately (XLA:CPU runs no all-reduce "
-                     f"reassociation); without it measured / analytic = "
+                     f"contributions are all-reduced separately, before XLA adds them "
+                     f"(XLA:CPU has no all-reduce reassociation); without it measured / analytic = "
                      f"{(red - tied) / expect:.3f}")
     if r["all-gather analytic"] and r["all-gather bytes"] > 1.5 * r["all-gather analytic"]:
         notes.append(f"{r['all-gather bytes'] / r['all-gather analytic']:.2f} x the forward's "
