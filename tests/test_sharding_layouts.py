@@ -86,8 +86,14 @@ def test_hlo_counter_on_a_hand_written_module():
         "all-to-all": (1, 32),
     }
     assert hlo_collectives.unknown_trip_counts(HLO) == 0
-    assert hlo_collectives.unknown_trip_counts(HLO.replace('"known_trip_count":{"n":"3"}',
-                                                           "")) == 1
+    # Without XLA's known_trip_count the loop condition's `i < 3` gives the count ...
+    no_trip = HLO.replace('"known_trip_count":{"n":"3"}', "")
+    assert hlo_collectives.count_collectives(no_trip)["all-reduce"].count == 4
+    assert hlo_collectives.unknown_trip_counts(no_trip) == 0
+    # ... and a loop of unknown count is counted once, and reported.
+    unknown = no_trip.replace("direction=LT", "direction=NE")
+    assert hlo_collectives.count_collectives(unknown)["all-reduce"].count == 2
+    assert hlo_collectives.unknown_trip_counts(unknown) == 1
     assert hlo_collectives.shape_bytes("(f32[2,3]{1,0}, bf16[4], pred[], token[])") == 24 + 8 + 1
 
 
