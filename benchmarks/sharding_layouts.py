@@ -39,6 +39,7 @@ promotes bf16 all-reduces to f32, so 4 there):
                                                                       re-gathers shows as x2)
     reduce-scatter  k * sum over p with b_p > 1 of P_p / t_p        (gradients of sharded params)
     all-reduce      k * sum over p with b_p = 1 of P_p / t_p         (if n_b > 1: replicated grads)
+                    + k * sum over p with 1 < b_p < n_b of P_p / (t_p b_p)   (shards over data)
                     + (4L + 2) * (B / n_b) * T * C * a              (if tensor > 1: per block two
                        forward (attention and MLP output projections, contracting the split
                        heads / mlp) and two backward (their input projections), plus the
