@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.devices}")
         os.environ["JAX_PLATFORMS"] = "cpu"
+    if args.topology:  # compile for TPU devices described by libtpu; run nothing on them
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     devices = None
