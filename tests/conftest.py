@@ -34,6 +34,24 @@ def run_cli(*args, env_extra=None, timeout=300, **kw):
                           text=True, timeout=timeout, **kw)
 
 
+def checkpoint_params(workdir, step):
+    """A tiny-config checkpoint's parameters (host numpy), restored onto one device."""
+    import jax
+    import numpy as np
+
+    from gptjax.checkpoint import Checkpointer
+    from gptjax.loops import pretrain
+    config = load_config("tiny")
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    pieces = pretrain.build(config, jax.devices()[:1])
+    ckpt = Checkpointer(str(workdir))
+    try:
+        state = ckpt.restore(step, pieces.abstract)
+    finally:
+        ckpt.close()
+    return jax.tree.map(np.asarray, state.params)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A workdir trained for 30 steps with configs/tiny.py (for the sample and chat commands)."""

@@ -20,9 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, run_cli
+from conftest import ROOT, checkpoint_params, run_cli
 from gptjax.checkpoint import Checkpointer
-from gptjax.loops import pretrain
 
 RTOL = 1e-5
 TINY = ("--config", "configs/tiny.py", "--config.train.progress=False",
@@ -68,19 +67,6 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _metrics(workdir)}
 
 
-def _params(workdir, step):
-    """A checkpoint's parameters restored onto one device of this (single) process."""
-    config = load_config("tiny")
-    config.mesh.update(data=1, fsdp=1, tensor=1)
-    pieces = pretrain.build(config, jax.devices()[:1])
-    ckpt = Checkpointer(str(workdir))
-    try:
-        state = ckpt.restore(step, pieces.abstract)
-    finally:
-        ckpt.close()
-    return jax.tree.map(np.asarray, state.params)
-
-
 def test_two_processes_match_one_process_and_continue_on_one_device(tmp_path):
     """10 steps as 2 processes x 2 devices and as 1 process x 4 devices, then the 2-process
     checkpoint continued by 1 process on 1 device (one test: the runs are shared)."""
@@ -98,7 +84,7 @@ def test_two_processes_match_one_process_and_continue_on_one_device(tmp_path):
     rel = max(abs(a[s] - b[s]) / abs(b[s]) for s in a)
     assert rel <= RTOL, (a, b)
     assert recs[-1]["val_loss"] == pytest.approx(_metrics(one)[9]["val_loss"], rel=RTOL)
-    pa, pb = _params(two, 10), _params(one, 10)
+    pa, pb = checkpoint_params(two, 10), checkpoint_params(one, 10)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(x, y, rtol=RTOL, atol=5e-6)
     # Each process logged to its own file; only process 0 reports.

@@ -11,9 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, run_cli
-from gptjax.checkpoint import Checkpointer
-from gptjax.loops import pretrain
+from conftest import ROOT, checkpoint_params, run_cli
 
 TINY = ("gptjax.train", "--config", "configs/tiny.py")
 QUIET = ("--config.train.progress=False",)
@@ -27,18 +25,6 @@ def _metrics(workdir):
             rec = json.loads(line)
             out[rec["step"]] = rec
     return out
-
-
-def _params(workdir, step):
-    config = load_config("tiny")
-    config.mesh.update(data=1, fsdp=1, tensor=1)
-    pieces = pretrain.build(config, jax.devices()[:1])
-    ckpt = Checkpointer(str(workdir))
-    try:
-        state = ckpt.restore(step, pieces.abstract)
-    finally:
-        ckpt.close()
-    return jax.tree.map(np.asarray, state.params)
 
 
 def test_tiny_run_writes_everything(tmp_path):
@@ -85,7 +71,7 @@ def test_killed_run_resumes_bit_for_bit(tmp_path):
     for s in a:
         assert a[s]["loss"] == b[s]["loss"], s  # bit for bit, every step
         assert a[s].get("val_loss") == b[s].get("val_loss"), s
-    pa, pb = _params(ref, 150), _params(wd, 150)
+    pa, pb = checkpoint_params(ref, 150), checkpoint_params(wd, 150)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(x, y)
 
@@ -163,7 +149,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert "the loss became nan at step 1" in r.stderr.lower() or "at step 1" in r.stderr
     assert "last good checkpoint (step 10)" in r.stderr
     assert sorted(os.listdir(wd / "checkpoints")) == ["10"]
-    params = _params(wd, 10)
+    params = checkpoint_params(wd, 10)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
