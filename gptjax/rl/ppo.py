@@ -149,12 +149,14 @@ def adaptive_kl(init_beta: float, target: float, horizon: float) -> KLController
 
 
 def update_kl(ctrl: KLController, kl: Array | float, n_steps: int) -> KLController:
-    """beta after a batch of n_steps samples whose mean per-sequence KL was `kl`.
+    """beta after a batch of n_steps sequences whose mean per-sequence KL was `kl`.
 
         e = clip(KL / KL_target - 1, -0.2, 0.2)
         beta <- beta * (1 + e * n_steps / horizon)
 
-    A fixed controller returns itself.
+    KL is `make_transitions`' stats['kl'] (mean over sequences of sum_t kl_t) and n_steps the
+    number of sequences in the batch (B * K), as in Ziegler et al. and TRL. A fixed controller
+    returns itself.
     """
     if ctrl.target is None:
         return ctrl
