@@ -1,4 +1,4 @@
-"""Loss functions, each pure: the next-token LM loss now; SFT, ranking, PPO and KL join it here."""
+"""Loss functions, each pure: next-token LM, masked SFT, ranking RM, and the PPO / KL terms."""
 
 from __future__ import annotations
 
@@ -69,3 +69,89 @@ def ranking_loss(scores: Array, pref: Array, valid: Array) -> tuple[Array, dict[
     labeled = pref.sum()
     correct = ((margin > 0) * pref).sum()
     return per_prompt.mean(), {"accuracy": correct / jnp.maximum(labeled, 1.0)}
+
+
+# --- PPO and KL -----------------------------------------------------------------------------
+# Per-token terms of the PPO objective live here with the other losses: they are pure functions
+# of arrays (no rollout, no model), used by `gptjax.rl.ppo` and checked by hand in the tests.
+
+
+def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
+    """sum(m * x) / sum(m) over `axis` (all axes by default); 0 where the mask is empty."""
+    mask = mask.astype(jnp.float32)
+    total = mask.sum(axis)
+    return (x * mask).sum(axis) / jnp.where(total > 0, total, 1.0)
+
+
+KL_KINDS = ("k1", "abs", "mse", "k3")
+
+
+def kl_penalty(logprobs: Array, ref_logprobs: Array, kind: str = "k1") -> Array:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled token's log-probs (any shape).
+
+    With d = log pi(y) - log pi_ref(y) for y ~ pi (Schulman's estimators, as in TRL):
+        k1 = d                       unbiased, can be negative (InstructGPT's penalty)
+        abs = |d|,  mse = d^2 / 2    biased, non-negative
+        k3 = exp(-d) - 1 + d         unbiased, non-negative, low variance
+    """
+    d = logprobs.astype(jnp.float32) - ref_logprobs.astype(jnp.float32)
+    if kind == "k1":
+        return d
+    if kind == "abs":
+        return jnp.abs(d)
+    if kind == "mse":
+        return 0.5 * d * d
+    if kind == "k3":
+        return jnp.expm1(-d) + d
+    raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_KINDS}")
+
+
+def ppo_policy_loss(logprobs: Array, old_logprobs: Array, advantages: Array, mask: Array,
+                    clip_eps: float) -> tuple[Array, dict[str, Array]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), a masked mean over tokens.
+
+        rho_t = exp(log pi(y_t) - log pi_old(y_t))
+        L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
+
+    (the negated min of the two surrogates). Where the clipped term is the larger one, rho_t is
+    outside the trust region in the direction A_t favours and the gradient is 0.
+    Metrics: clipfrac = mean_t [clipped term is larger]; approx_kl = mean_t (rho_t - 1 - log rho_t)
+    (the k3 estimate of KL(pi_old || pi)); ratio = mean_t rho_t.
+    """
+    log_ratio = logprobs.astype(jnp.float32) - old_logprobs.astype(jnp.float32)
+    ratio = jnp.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+    stats = {"clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+             "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
+             "ratio": masked_mean(ratio, mask)}
+    return loss, jax.tree.map(jax.lax.stop_gradient, stats)
+
+
+def ppo_value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
+                   clip: float) -> tuple[Array, dict[str, Array]]:
+    """The clipped value loss of PPO implementations (baselines, TRL), a masked mean over tokens.
+
+        V_clip = V_old + clip(V - V_old, -c, c)
+        L = 1/2 mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
+
+    Metrics: vf_clipfrac = mean_t [clipped error is larger].
+    """
+    values = values.astype(jnp.float32)
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(jnp.maximum(err, err_clipped), mask)
+    stats = {"vf_clipfrac": masked_mean((err_clipped > err).astype(jnp.float32), mask)}
+    return loss, jax.tree.map(jax.lax.stop_gradient, stats)
+
+
+def entropy(logits: Array) -> Array:
+    """Entropy of each position's next-token distribution: logits (..., V) -> (...).
+
+        H = -sum_v p_v log p_v,  p = softmax(z)
+
+    Padded vocabulary columns (logit finfo.min) have p = 0 exactly and add nothing.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -(jnp.exp(logp) * logp).sum(-1)

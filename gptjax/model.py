@@ -368,3 +368,24 @@ class RewardModel(nn.Module):
         r = Linear((1,), (axes.EMBED, None), std=1.0 / math.sqrt(self.cfg.n_embd + 1),
                    dtype=jnp.float32, name="head")(last.astype(jnp.float32))
         return r[:, 0]
+
+
+class ValueModel(nn.Module):
+    """The reward model's trunk and head read at every position: a critic for PPO.
+
+    tokens (B, T), positions / segment_ids as for `GPT.hidden` -> values (B, T), the value of the
+    state ending at each token. Its parameter tree is `RewardModel`'s ('trunk', 'head'), so a
+    trained reward model initialises it (as InstructGPT initialises its value function), and
+    applied with the reward model's own parameters it gives that model's score at every prefix.
+    """
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array | None = None,
+                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
+        h = GPT(self.cfg, name="trunk").hidden(tokens, positions, segment_ids,
+                                               deterministic)  # (B, T, C)
+        v = Linear((1,), (axes.EMBED, None), std=1.0 / math.sqrt(self.cfg.n_embd + 1),
+                   dtype=jnp.float32, name="head")(h.astype(jnp.float32))
+        return v[..., 0]

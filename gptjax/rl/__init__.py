@@ -1,0 +1,1 @@
+"""The RL stage's pieces: `rollout` (sample and score responses) and `ppo` (advantages, update)."""
