@@ -67,6 +67,23 @@ def tiny_config():
     return load_config("tiny")
 
 
+def random_params(module, seed: int, scale: float = 0.5):
+    """O(0.1..1) random weights for a flax module taking (B, T) tokens (LayerNorm gains around
+    1): sharp, row-dependent outputs, so a wrong cache slot, position or mask changes them."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0),
+                                     jnp.zeros((1, 4), jnp.int32)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        v = rng.normal(0.0, scale, size=x.shape).astype(np.float32)
+        return jnp.asarray(1.0 + v if "scale" in [getattr(k, "key", None) for k in path] else v)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def random_hf_gpt2(**shape):
     """A small transformers GPT2LMHeadModel whose every weight, LayerNorm gain and bias is random
     and O(0.1..1), so that conversion or masking bugs cannot hide under a tolerance."""

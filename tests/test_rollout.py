@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from conftest import random_params
 
 from gptjax import sampling
 from gptjax.model import GPT, GPTConfig, RewardModel, ValueModel
@@ -27,24 +28,12 @@ EOS = 5  # the seed-0 rollout emits it mid-way in 4 of 9 rows (checked below)
 RC = rl.RolloutConfig(samples_per_prompt=K, max_new_tokens=N_NEW, eos_id=EOS, reward_offset=0.25)
 
 
-def _random_params(module, seed: int, scale: float = 0.5):
-    """O(0.1..1) random weights (LayerNorm gains around 1): sharp, row-dependent outputs."""
-    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0),
-                                     jnp.zeros((1, 4), jnp.int32)))["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, x):
-        v = rng.normal(0.0, scale, size=x.shape).astype(np.float32)
-        return jnp.asarray(1.0 + v if "scale" in [getattr(k, "key", None) for k in path] else v)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
 def run():
-    params = rl.RolloutParams(policy=_random_params(GPT(CFG), 0),
-                              ref=_random_params(GPT(CFG), 1),
-                              value=_random_params(ValueModel(CFG), 2),
-                              reward=_random_params(ValueModel(CFG), 3))
+    params = rl.RolloutParams(policy=random_params(GPT(CFG), 0),
+                              ref=random_params(GPT(CFG), 1),
+                              value=random_params(ValueModel(CFG), 2),
+                              reward=random_params(ValueModel(CFG), 3))
     key = jax.random.key(0)
     r = rl.rollout(params, PROMPTS, LENGTHS, key, cfg=CFG, value_cfg=CFG, reward_cfg=CFG, rc=RC)
     return params, key, jax.tree.map(np.asarray, r)

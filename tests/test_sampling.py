@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_hf_gpt2
+from conftest import random_hf_gpt2, random_params
 from scipy import stats
 
 from gptjax.model import GPT, GPTConfig, cache_axes, init_cache
@@ -29,17 +29,6 @@ PROMPTS = np.array([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5], [0, 0, 0, 0, 9]], np.int32
 LENGTHS = np.array([3, 5, 1], np.int32)
 
 
-def _random_params(cfg: GPTConfig, seed: int, scale: float):
-    shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0),
-                                     jnp.zeros((1, 4), jnp.int32)))["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, x):
-        v = rng.normal(0.0, scale, size=x.shape).astype(np.float32)
-        return jnp.asarray(1.0 + v if "scale" in [getattr(k, "key", None) for k in path] else v)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def _keys(n: int, seed: int = 0):
     return jax.random.split(jax.random.key(seed), n)
 
@@ -47,7 +36,7 @@ def _keys(n: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def tiny():
     cfg = GPTConfig(**TINY, local_window=4)  # layer 1 banded: the cache honours windows too
-    return cfg, _random_params(cfg, seed=0, scale=0.5)
+    return cfg, random_params(GPT(cfg), seed=0, scale=0.5)
 
 
 # --- (a) cached == uncached ------------------------------------------------------------------
