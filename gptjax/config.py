@@ -12,18 +12,18 @@ from typing import Any
 
 import ml_collections
 
-from gptjax import axes
+from gptjax import axes, losses
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo")
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"
     c.seed = 0
-    # sft / reward: the workdir whose latest parameters start this stage (its model shape and
+    # sft / reward / ppo: the workdir whose latest parameters start this stage (its model shape and
     # tokenizer are used; its optimizer state is not). Runtime model options (dropout, dtype,
     # remat, attention) still come from this config's `model` section.
     c.init_from = ""
@@ -40,7 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prepared_dir = ""
     # sft / reward: the folder holding the data sets, and which of them to use with what weight
     c.data.root = "../shared/data"
-    c.data.mixture = ""  # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"
+    # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
+    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
+    c.data.mixture = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
 
     c.reward = ml_collections.ConfigDict()
@@ -48,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     # training prompts (InstructGPT's normalisation before PPO); 0 = no normalisation.
     c.reward.normalize_prompts = 64
     c.reward.normalize_max_new_tokens = 64
+
+    c.ppo = ppo_config()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -85,6 +89,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
     c.lock()
     return c
+
+
+def ppo_config() -> ml_collections.ConfigDict:
+    """Stage `ppo` (gptjax/loops/ppo.py): the policy starts from `init_from` (an SFT workdir),
+    the critic from `ppo.reward_from`. train.steps counts PPO iterations (one rollout, then
+    `epochs` x `num_minibatches` optimizer steps); optim.* schedules count optimizer steps.
+    Defaults are InstructGPT's / TRL's (gptjax.rl.ppo.PPOConfig, gptjax.rl.rollout.RolloutConfig).
+    """
+    p = ml_collections.ConfigDict()
+    p.reward_from = ""  # a `reward` stage's workdir: the frozen reward model and its offset
+    p.batch_prompts = 16  # prompts per iteration (each answered samples_per_prompt times)
+    p.samples_per_prompt = 4  # K responses per prompt
+    p.max_new_tokens = 64  # N response slots; a response stops at <|end|>
+    p.max_prompt_tokens = 0  # prompt width P; 0 = block_size - max_new_tokens. Longer prompts
+    # keep their most recent whole turns; one whose last turn alone is too long is dropped.
+    p.temperature = 1.0  # sampling (PPO samples from the policy itself: keep 1, no top-k/p)
+    p.top_k = 0
+    p.top_p = 1.0
+    p.epochs = 4  # passes over each rollout batch
+    p.num_minibatches = 1  # must divide batch_prompts * samples_per_prompt
+    p.gamma = 1.0  # discount over response tokens
+    p.lam = 0.95  # GAE lambda
+    p.clip_eps = 0.2  # policy ratio clip
+    p.vf_clip = 0.2  # value clip around the rollout's values
+    p.vf_coef = 0.1  # value-loss weight (the critic is a separate network)
+    p.ent_coef = 0.0  # entropy bonus
+    p.ptx_coef = 0.0  # InstructGPT's pretraining-mix gamma (not supported by the stage yet)
+    p.kl_kind = "k1"  # per-token KL estimator in the reward: k1, abs, mse, k3
+    p.whiten_advantages = True
+    p.init_kl_coef = 0.2  # beta at step 0 (TRL's default)
+    p.target_kl = 6.0  # adaptive beta aims the per-sequence KL here; 0 = beta fixed
+    p.kl_horizon = 10000.0  # adaptive controller horizon (sequences)
+    return p
 
 
 def prepare_config() -> ml_collections.ConfigDict:
@@ -175,6 +212,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
     if config.stage == "prepare":
         validate_prepare(config.prepare)
+    if config.stage == "ppo":
+        validate_ppo(config)
+
+
+def validate_ppo(config: ml_collections.ConfigDict) -> None:
+    """The ppo section's checks that need no workdir."""
+    p = config.ppo  # (ppo.reward_from is checked by the stage: config files leave it empty)
+    if p.batch_prompts < 1 or p.samples_per_prompt < 1 or p.epochs < 1:
+        raise GptjaxError("ppo.batch_prompts, ppo.samples_per_prompt and ppo.epochs must be >= 1")
+    rows = p.batch_prompts * p.samples_per_prompt
+    if p.num_minibatches < 1 or rows % p.num_minibatches:
+        raise GptjaxError(f"ppo.num_minibatches={p.num_minibatches} must divide the "
+                          f"{rows} sequences of an iteration (batch_prompts x samples_per_prompt)")
+    room = config.model.block_size - p.max_new_tokens
+    if p.max_new_tokens < 1 or room < 1 or p.max_prompt_tokens > room:
+        raise GptjaxError(
+            f"ppo.max_new_tokens={p.max_new_tokens} + ppo.max_prompt_tokens="
+            f"{p.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
+            "room for a prompt; lower them")
+    if p.ptx_coef:
+        raise GptjaxError("ppo.ptx_coef != 0 (the pretraining mix) is not supported by the "
+                          "stage yet; leave it at 0")
+    if p.kl_kind not in losses.KL_KINDS:
+        raise GptjaxError(f"ppo.kl_kind={p.kl_kind!r}: use one of {losses.KL_KINDS}")
+    if p.target_kl < 0 or p.init_kl_coef < 0:
+        raise GptjaxError("ppo.target_kl and ppo.init_kl_coef must be >= 0")
 
 
 def validate_prepare(p: ml_collections.ConfigDict) -> None:

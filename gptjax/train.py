@@ -41,6 +41,9 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     if config.stage == "reward":
         from gptjax.loops import reward
         return reward.run(config, workdir)
+    if config.stage == "ppo":
+        from gptjax.loops import ppo
+        return ppo.run(config, workdir)
     from gptjax.config import validate
     validate(config)  # raises for an unknown stage
 

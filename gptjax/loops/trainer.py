@@ -107,7 +107,7 @@ class RunResult:
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and returns."""
 
     def __init__(self):
@@ -130,7 +130,7 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-class _AgreedStop:
+class AgreedStop:
     """The signal that stops the run, agreed by every process at the same step.
 
     Processes may receive SIGINT/SIGTERM a step apart; if each stopped on its own, their
@@ -139,7 +139,7 @@ class _AgreedStop:
     one step late like the metrics: every process stops after the same step.
     """
 
-    def __init__(self, flag: _StopFlag, mesh: Any):
+    def __init__(self, flag: StopFlag, mesh: Any):
         self.flag = flag
         self.agreed: int | None = None
         self.multi = jax.process_count() > 1
@@ -248,8 +248,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     t_start = time.perf_counter()
     pending = None
     try:
-        with _StopFlag() as flag, step_lib.activated(mesh, rules):
-            stop = _AgreedStop(flag, mesh)
+        with StopFlag() as flag, step_lib.activated(mesh, rules):
+            stop = AgreedStop(flag, mesh)
             while step < tcfg.steps and stop.signum is None:
                 batch = sharding.global_batch(next(train_it), c.batch_sharding)
                 state, metrics = c.train_step(state, batch)
