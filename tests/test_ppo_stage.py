@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -120,7 +121,7 @@ def ppo_args(workdirs, workdir, steps: int, *extra):
             "--config.ppo.batch_prompts=8", "--config.ppo.samples_per_prompt=4",
             "--config.ppo.max_new_tokens=6", "--config.ppo.num_minibatches=2",
             "--config.ppo.epochs=2", "--config.optim.lr=3e-3", "--config.optim.min_lr=3e-3",
-            "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=2",
+            "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=10",
             "--config.train.progress=False", f"--config.train.steps={steps}",
             "--workdir", str(workdir), *extra)
 
@@ -130,32 +131,38 @@ def _metrics(workdir):
         return [json.loads(x) for x in f]
 
 
-def test_ppo_runs_resumes_exactly_and_samples(workdirs, tmp_path):
+def test_ppo_learns_the_planted_reward_resumes_exactly_and_samples(workdirs, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    r = run_cli(*ppo_args(workdirs, straight, 4))
+    r = run_cli(*ppo_args(workdirs, straight, 30))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "ppo prompts" in r.stdout and "stopped at step 4" in r.stdout
+    assert "ppo prompts" in r.stdout and "stopped at step 30" in r.stdout
     m = _metrics(straight)
-    assert [x["step"] for x in m] == [1, 2, 3, 4]
+    assert [x["step"] for x in m] == list(range(1, 31))
     for x in m:  # (tokens/s from step 2: step 1's time is mostly compilation)
         assert set(KEYS) - ({"tokens_per_sec"} if x["step"] == 1 else set()) <= set(x), x
         assert all(np.isfinite(v) for v in x.values()), x
     assert abs(m[0]["kl"]) < 1e-5  # the first rollout samples the reference policy itself
     assert m[0]["beta"] == pytest.approx(0.2)
     assert 1 <= m[0]["response_length"] <= 6
+    # The planted rule is learnt: mean score 0.04 over iterations 1-5, 0.52 over 21-30 (seed 0).
+    first, last = (np.mean([x["score"] for x in part]) for part in (m[:5], m[20:]))
+    assert last > first + 0.25, (first, last)
+    assert 0 < np.mean([x["kl"] for x in m[20:]]) < 5
     ckpt = Checkpointer(str(straight))
-    assert ckpt.latest_step() == 4
+    assert ckpt.latest_step() == 30
     ckpt.close()
 
-    # Stopped after iteration 2 and resumed: iterations 3 and 4 are the same numbers.
-    r = run_cli(*ppo_args(workdirs, split, 2))
+    # Back to the step-20 checkpoint (as if stopped there) and resumed: steps 21-30 again,
+    # the same numbers.
+    shutil.copytree(straight, split)
+    shutil.rmtree(split / "checkpoints" / "30")
+    (split / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in m[:20]))
+    r = run_cli(*ppo_args(workdirs, split, 30))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli(*ppo_args(workdirs, split, 4))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at step 2" in r.stderr
+    assert "resumed at step 20" in r.stderr
     resumed = _metrics(split)
-    assert [x["step"] for x in resumed] == [1, 2, 3, 4]
-    for a, b in zip(m[2:], resumed[2:]):
+    assert [x["step"] for x in resumed] == list(range(1, 31))
+    for a, b in zip(m[20:], resumed[20:]):
         for k in ("score", "kl", "loss", "beta", "value_loss"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (k, a, b)
 
@@ -167,7 +174,7 @@ def test_ppo_runs_resumes_exactly_and_samples(workdirs, tmp_path):
     from gptjax import workdir as workdir_lib
     model = workdir_lib.load_host(str(straight))
     sft = workdir_lib.load_host(workdirs[0])
-    assert model.step == 4 and model.cfg == sft.cfg
+    assert model.step == 30 and model.cfg == sft.cfg
     assert not np.array_equal(model.params["wte"]["embedding"], sft.params["wte"]["embedding"])
 
 
