@@ -29,8 +29,9 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
         return prepare.run(config, workdir)
     # Both before any JAX backend starts: XLA's host device count (per process) and the
     # distributed runtime, which the backends need to see every process's devices.
-    runtime.configure_cpu_devices(config.runtime.cpu_devices,
-                                  config.train.batch_size // max(config.train.grad_accum, 1))
+    rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits
+            else config.train.batch_size // max(config.train.grad_accum, 1))
+    runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
     distributed.initialize(dist)
     if config.stage == "pretrain":
         from gptjax.loops import pretrain

@@ -136,7 +136,8 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
     return np.array([perms[p][i] for p, i in zip(passes, within)])
 
 
-def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer) -> reward_model.Scorer:
+def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer, policy_cfg: GPTConfig
+                ) -> reward_model.Scorer:
     """The reward workdir's model, refused when it is no reward model or reads another
     vocabulary than the policy's."""
     where = config.ppo.reward_from
@@ -146,7 +147,7 @@ def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer) -> reward_mod
         raise GptjaxError(f"--config.ppo.reward_from={where} is a {kind!r} workdir; pass the "
                           "--workdir of a `reward` stage run")
     rtok = load_tokenizer(os.path.join(where, "tokenizer.json"))
-    if rtok.to_json() != tok.to_json() or cfg.vocab_size != tok.vocab_size:
+    if rtok.to_json() != tok.to_json() or cfg.vocab_size != policy_cfg.vocab_size:
         raise GptjaxError(
             f"the reward model in {where} reads another vocabulary ({rtok.kind}, "
             f"{rtok.vocab_size} tokens) than the policy from {config.init_from} ({tok.kind}, "
@@ -221,7 +222,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         raise GptjaxError("stage 'ppo' scores answers with a trained reward model: pass "
                           "--config.ppo.reward_from=WORKDIR (a reward stage's --workdir)")
     s = finetune.start(config, workdir)  # resolves config.model, validates, writes run files
-    scorer = load_reward(config, s.tokenizer)
+    scorer = load_reward(config, s.tokenizer, s.cfg)
     width, n_new = prompt_width(config), int(config.ppo.max_new_tokens)
     for name, c in (("policy", s.cfg), ("reward", scorer.cfg)):
         if width + n_new > c.block_size:
