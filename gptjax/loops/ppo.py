@@ -280,7 +280,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
                             opt_state=tx.init({"policy": policy, "value": value}),
                             kl=kl_controller(config))
         state = jax.jit(start, out_shardings=shardings)(frozen)
-    params_finite = jax.jit(lambda s: step_lib.all_finite((s.params, s.value_params)))
 
     width = prompt_width(config)
     tokens_per_step = rows * (width + su.rc.max_new_tokens)
@@ -302,7 +301,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         mine = slice(pidx * b // pcount, (pidx + 1) * b // pcount)
         return sharding.global_batch((tokens[mine], lengths[mine]), batch_sharding)
 
-    last_saved = latest
+    saver = trainer.Saver(
+        ckpt, jax.jit(lambda st: step_lib.all_finite((st.params, st.value_params))), latest)
     window = {"t0": time.perf_counter(), "step0": step}
     last: dict[str, float] = {}
 
@@ -314,7 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         if bad:
             raise TrainingDiverged(
                 f"{', '.join(bad)} became non-finite at step {s}. The last good checkpoint "
-                f"(step {last_saved}) is kept in {ckpt.directory}. Lower optim.lr or raise "
+                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr or raise "
                 "ppo.init_kl_coef, then rerun to resume from it.")
         last = m
         if s % tcfg.log_every == 0 or s == tcfg.steps:
@@ -328,42 +328,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         else:
             progress.update(s)
 
+    def advance(s: int) -> Any:
+        nonlocal state
+        state, metrics = iteration(state, frozen, *prompt_batch(s))
+        return metrics
+
     def save(s: int) -> None:
-        nonlocal last_saved
-        if not bool(params_finite(state)):
-            raise TrainingDiverged(
-                f"the parameters hold NaN/inf at step {s}; the last good checkpoint (step "
-                f"{last_saved}) is kept in {ckpt.directory}. Lower optim.lr and rerun.")
-        ckpt.save(s, state)
-        last_saved = s
+        saver.save(s, state)
+
+    def at_step(s: int, metrics: Any) -> bool:
+        """Checkpoint iterations: their metrics are read now, then the state is saved."""
+        if s % tcfg.checkpoint_every and s != tcfg.steps:
+            return False
+        finish(s, metrics)
+        save(s)
+        return True
 
     t_start = time.perf_counter()
-    pending = None
     try:
-        with trainer.StopFlag() as flag, step_lib.activated(mesh, rules):
-            stop = trainer.AgreedStop(flag, mesh)
-            while step < tcfg.steps and stop.signum is None:
-                state, metrics = iteration(state, frozen, *prompt_batch(step))
-                step += 1
-                stop.after_step()
-                if step == start_step + 1:  # keep compilation out of the first tokens/s window
-                    jax.block_until_ready(metrics)
-                    window.update(t0=time.perf_counter(), step0=step)
-                if pending is not None:
-                    finish(*pending)  # the previous iteration's metrics, read while this runs
-                    pending = None
-                if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-                    finish(step, metrics)
-                    save(step)
-                    window.update(t0=time.perf_counter(), step0=step)
-                else:
-                    pending = (step, metrics)
-            if pending is not None:
-                finish(*pending)
-            if stop.signum is not None and last_saved != step:
-                if is_chief:
-                    progress.write(f"signal {stop.signum}: saving step {step} before exiting")
-                save(step)
+        step, signum = trainer.run_steps(
+            step, tcfg.steps, mesh, rules, advance=advance, finish=finish, at_step=at_step,
+            save=save, saver=saver, window=window,
+            note=progress.write if is_chief else trainer.print_nothing)
         ckpt.wait()
     finally:
         progress.close()
@@ -374,4 +360,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
                f"{time.perf_counter() - t_start:.1f}s")
         msg += "".join(f"; {k} {last[k]:.4f}" for k in ("score", "kl", "beta") if k in last)
         print(msg, flush=True)
-    return trainer.RunResult(state=state, step=step, val_loss=None, interrupted_by=stop.signum)
+    return trainer.RunResult(state=state, step=step, val_loss=None, interrupted_by=signum)

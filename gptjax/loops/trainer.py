@@ -107,7 +107,7 @@ class RunResult:
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class StopFlag:
+class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and returns."""
 
     def __init__(self):
@@ -130,7 +130,7 @@ class StopFlag:
             signal.signal(s, h)
 
 
-class AgreedStop:
+class _AgreedStop:
     """The signal that stops the run, agreed by every process at the same step.
 
     Processes may receive SIGINT/SIGTERM a step apart; if each stopped on its own, their
@@ -139,7 +139,7 @@ class AgreedStop:
     one step late like the metrics: every process stops after the same step.
     """
 
-    def __init__(self, flag: StopFlag, mesh: Any):
+    def __init__(self, flag: _StopFlag, mesh: Any):
         self.flag = flag
         self.agreed: int | None = None
         self.multi = jax.process_count() > 1
@@ -161,6 +161,59 @@ class AgreedStop:
         self._pending = self._max(jax.make_array_from_process_local_data(self._spec, local))
         if previous is not None and int(previous):
             self.agreed = int(previous)
+
+
+class Saver:
+    """Checkpoint saves that never write non-finite parameters; `last` is the newest saved step."""
+
+    def __init__(self, ckpt: Checkpointer, finite: Callable[[Any], Any], last: int | None):
+        self.ckpt, self.finite, self.last = ckpt, finite, last
+
+    def save(self, step: int, state: Any, *items: Any) -> None:
+        if not bool(self.finite(state)):
+            raise TrainingDiverged(
+                f"the parameters hold NaN/inf at step {step}; the last good checkpoint (step "
+                f"{self.last}) is kept in {self.ckpt.directory}. Lower optim.lr and rerun.")
+        self.ckpt.save(step, state, *items)
+        self.last = step
+
+
+def run_steps(step: int, steps: int, mesh: Any, rules: Any, *, advance: Callable[[int], Any],
+              finish: Callable[[int, Any], None], at_step: Callable[[int, Any], bool],
+              save: Callable[[int], None], saver: Saver, window: dict[str, float],
+              note: Callable[[str], None]) -> tuple[int, int | None]:
+    """The loop every stage runs: steps until `steps` or an agreed SIGINT/SIGTERM ->
+    (the step reached, the signal or None).
+
+    advance(s) dispatches one step from state s (the steps already taken) and returns its
+    metrics (device arrays). Their host side, finish(s, metrics), runs one step late, so the
+    host reads step s while step s + 1 runs, except where at_step(s, metrics) returns True: it
+    handled step s at once (evaluation, checkpoint). The first step's compilation and each such step's work are kept out of the
+    tokens/s `window`. On a signal every process stops after the same step and saves it.
+    """
+    start, pending = step, None
+    with _StopFlag() as flag, step_lib.activated(mesh, rules):
+        stop = _AgreedStop(flag, mesh)
+        while step < steps and stop.signum is None:
+            metrics = advance(step)
+            step += 1
+            stop.after_step()
+            if step == start + 1:  # keep compilation out of the first tokens/s window
+                jax.block_until_ready(metrics)
+                window.update(t0=time.perf_counter(), step0=step)
+            if pending is not None:
+                finish(*pending)  # the previous step's metrics, read while this one runs
+                pending = None
+            if at_step(step, metrics):
+                window.update(t0=time.perf_counter(), step0=step)
+            else:
+                pending = (step, metrics)
+        if pending is not None:
+            finish(*pending)
+        if stop.signum is not None and saver.last != step:
+            note(f"signal {stop.signum}: saving step {step} before exiting")
+            save(step)
+    return step, stop.signum
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
@@ -188,7 +241,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         state = c.state_from_params(initial_params())
     else:
         state = c.make_state(jax.random.key(config.seed))
-    params_finite = jax.jit(step_lib.all_finite)
     if val_set is not None:
         val_set = sharding.global_batch(val_set, sharding.batch_sharding(mesh, rules, leading=1))
 
@@ -212,7 +264,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
             + (f"resumed at step {step}" if latest is not None
                else "fine-tuning" if initial_params is not None else "from scratch"))
 
-    last_saved = latest
+    saver = Saver(ckpt, jax.jit(lambda st: step_lib.all_finite(st.params)), latest)
     val_metrics: dict[str, float] = {}
     window = {"t0": time.perf_counter(), "step0": step}
 
@@ -222,7 +274,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         if not np.isfinite(m["loss"]):
             raise TrainingDiverged(
                 f"the loss became {m['loss']} at step {s}. The last good checkpoint "
-                f"(step {last_saved}) is kept in {ckpt.directory}. Lower optim.lr, raise "
+                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr, raise "
                 "optim.warmup_steps or set optim.grad_clip, then rerun to resume from it.")
         if s % tcfg.log_every == 0 or extra or s == tcfg.steps:
             now = time.perf_counter()
@@ -236,51 +288,34 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         else:
             progress.update(s)
 
+    def advance(_: int) -> Any:
+        nonlocal state
+        batch = sharding.global_batch(next(train_it), c.batch_sharding)
+        state, metrics = c.train_step(state, batch)
+        return metrics
+
     def save(s: int) -> None:
-        nonlocal last_saved
-        if not bool(params_finite(state.params)):
-            raise TrainingDiverged(
-                f"the parameters hold NaN/inf at step {s}; the last good checkpoint (step "
-                f"{last_saved}) is kept in {ckpt.directory}. Lower optim.lr and rerun.")
-        ckpt.save(s, state, train_it)
-        last_saved = s
+        saver.save(s, state, train_it)
+
+    def at_step(s: int, metrics: Any) -> bool:
+        """Evaluation and checkpoint steps: their metrics are read now, not one step late."""
+        nonlocal val_metrics
+        evaluate_now = val_set is not None and (s % tcfg.eval_every == 0 or s == tcfg.steps)
+        checkpoint_now = s % tcfg.checkpoint_every == 0 or s == tcfg.steps
+        if not (evaluate_now or checkpoint_now or s % tcfg.eval_every == 0):
+            return False
+        if evaluate_now:
+            val_metrics = evaluate(state.params)
+        finish_step(s, metrics, val_metrics if evaluate_now else None)
+        if checkpoint_now:
+            save(s)
+        return True
 
     t_start = time.perf_counter()
-    pending = None
     try:
-        with StopFlag() as flag, step_lib.activated(mesh, rules):
-            stop = AgreedStop(flag, mesh)
-            while step < tcfg.steps and stop.signum is None:
-                batch = sharding.global_batch(next(train_it), c.batch_sharding)
-                state, metrics = c.train_step(state, batch)
-                step += 1
-                stop.after_step()
-                if step == start_step + 1:  # keep compilation out of the first tokens/s window
-                    jax.block_until_ready(metrics)
-                    window.update(t0=time.perf_counter(), step0=step)
-                if pending is not None:
-                    finish_step(*pending)  # step-1's metrics, read while step runs
-                    pending = None
-                sync = (step % tcfg.eval_every == 0 or step % tcfg.checkpoint_every == 0
-                        or step == tcfg.steps)
-                if not sync:
-                    pending = (step, metrics)
-                    continue
-                extra = None
-                if val_set is not None and (step % tcfg.eval_every == 0 or step == tcfg.steps):
-                    val_metrics = evaluate(state.params)
-                    extra = val_metrics
-                finish_step(step, metrics, extra)
-                if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-                    save(step)
-                # Restart the tokens/s window so eval and save time never count as training.
-                window.update(t0=time.perf_counter(), step0=step)
-            if pending is not None:
-                finish_step(*pending)
-            if stop.signum is not None and last_saved != step:
-                if is_chief:
-                    progress.write(f"signal {stop.signum}: saving step {step} before exiting")
-                save(step)
+        step, signum = run_steps(step, tcfg.steps, mesh, rules, advance=advance,
+                                 finish=finish_step, at_step=at_step, save=save, saver=saver,
+                                 window=window, note=progress.write if is_chief else print_nothing)
         ckpt.wait()
     finally:
         progress.close()
@@ -292,5 +327,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         msg = f"stopped at step {step} after {step - start_step} steps in {wall:.1f}s"
         msg += "".join(f"; {k} {v:.4f}" for k, v in val_metrics.items())
         print(msg, flush=True)
-    return RunResult(state=state, step=step, val_loss=val_loss, interrupted_by=stop.signum,
+    return RunResult(state=state, step=step, val_loss=val_loss, interrupted_by=signum,
                      val_metrics=val_metrics)
+
+
+def print_nothing(_: str) -> None:
+    """The `note` of a process that does not report (every one but process 0)."""
