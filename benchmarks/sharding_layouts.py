@@ -159,8 +159,8 @@ def expected_collectives(config, pieces) -> dict[str, float]:
 def _check_divisible(config, pieces) -> None:
     """A clear message instead of XLA's when a split axis does not divide the model's sizes."""
     from gptjax import axes
-    from gptjax.config import model_config
-    m = model_config(config)
+    from gptjax.config import gpt_config
+    m = gpt_config(config)
     rules = dict(pieces.rules)
     sizes = {axes.HEADS: ("model.n_head", m.n_head), axes.MLP: ("4 * model.n_embd", 4 * m.n_embd),
              axes.VOCAB: ("the padded vocabulary", m.padded_vocab_size),
@@ -189,7 +189,7 @@ def measure(config, mesh: dict[str, int], steps: int, devices: Any = None,
     from the executable, then (steps > 0) time `steps` steps after one warm-up."""
     import jax
     import jax.numpy as jnp
-    from gptjax import step as step_lib
+    from gptjax import sharding
     from gptjax.loops import pretrain
 
     config = config.copy_and_resolve_references()
@@ -199,7 +199,7 @@ def measure(config, mesh: dict[str, int], steps: int, devices: Any = None,
     b = config.train.batch_size
     batch = jax.ShapeDtypeStruct((b, pieces.seq_len + 1), jnp.int32,
                                  sharding=pieces.batch_sharding)
-    with step_lib.activated(pieces.mesh, pieces.rules):
+    with sharding.activated(pieces.mesh, pieces.rules):
         t0 = time.perf_counter()
         compiled = pieces.train_step.lower(pieces.abstract, batch).compile()
         compile_s = time.perf_counter() - t0

@@ -62,9 +62,9 @@ def load_config(shape: str):
 
 def shape_spec(shape: str) -> dict[str, Any]:
     """Plain numbers a torch worker needs (so it never imports jax), plus the FLOP count."""
-    from gptjax.config import model_config, seq_len
+    from gptjax.config import gpt_config, seq_len
     config = load_config(shape)
-    m = model_config(config)
+    m = gpt_config(config)
     t = seq_len(config)
     return dict(shape=shape, vocab_size=m.vocab_size, padded_vocab_size=m.padded_vocab_size,
                 block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
@@ -104,13 +104,13 @@ def worker_gptjax(spec: dict[str, Any], steps: int, warmup: int) -> dict[str, An
     runtime.configure_cpu_devices(config.runtime.cpu_devices,
                                   config.train.batch_size // config.train.grad_accum)
     import jax
-    from gptjax import step as step_lib
+    from gptjax import sharding
     from gptjax.loops import pretrain
 
     pieces = pretrain.build(config)
     batches = [jax.device_put(x, pieces.batch_sharding) for x in token_batches(spec)]
     state = pieces.make_state(jax.random.key(0))
-    with step_lib.activated(pieces.mesh, pieces.rules):  # as in pretrain.run
+    with sharding.activated(pieces.mesh, pieces.rules):  # as in pretrain.run
         t0 = time.perf_counter()
         compiled = pieces.train_step.lower(state, batches[0]).compile()
         compile_s = time.perf_counter() - t0

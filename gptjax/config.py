@@ -17,6 +17,7 @@ from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
 STAGES = ("prepare", "pretrain", "sft", "reward", "ppo")
+TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -115,7 +116,22 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.vf_clip = 0.2  # value clip around the rollout's values
     p.vf_coef = 0.1  # value-loss weight (the critic is a separate network)
     p.ent_coef = 0.0  # entropy bonus
-    p.ptx_coef = 0.0  # InstructGPT's pretraining-mix gamma (not supported by the stage yet)
+    # InstructGPT's pretraining mix (PPO-ptx): gamma times -log pi of pretraining windows, summed
+    # into each minibatch step's loss. InstructGPT used 27.8 with beta 0.02. 0 = off (the
+    # held-out pretraining loss is still watched when the data is found).
+    p.ptx_coef = 0.0
+    p.ptx_data = ""  # "" = the init_from chain's pretraining data; or a workdir / prepared dir /
+    # text file (gptjax/loops/ptx.py)
+    p.ptx_batch = 0  # pretraining windows per optimizer step; 0 = batch_prompts
+    # An answer that reaches max_new_tokens without <|end|>: penalty (its score is
+    # -truncated_penalty x the SFT answers' score std), end (scored with <|end|> appended), mask
+    # (left out of the loss) or none (scored at its last token). See gptjax/rl/iteration.py.
+    p.truncated = "penalty"
+    p.truncated_penalty = 1.0
+    # The reward offset (SFT answers score 0 on average) is measured at step 0 on this many
+    # training prompts with PPO's sampling settings; 0 = the reward workdir's offset.
+    p.offset_prompts = 64
+    p.eval_prompts = 8  # held-out prompts answered (greedy + sampled) every train.eval_every
     p.kl_kind = "k1"  # per-token KL estimator in the reward: k1, abs, mse, k3
     p.whiten_advantages = True
     p.init_kl_coef = 0.2  # beta at step 0 (TRL's default)
@@ -180,7 +196,8 @@ def prepare_config() -> ml_collections.ConfigDict:
     return p
 
 
-def model_config(config: ml_collections.ConfigDict) -> GPTConfig:
+def gpt_config(config: ml_collections.ConfigDict) -> GPTConfig:
+    """The GPTConfig of the config's model section (a workdir's is `workdir.model_config`)."""
     return GPTConfig(**config.model.to_dict())
 
 
@@ -231,9 +248,11 @@ def validate_ppo(config: ml_collections.ConfigDict) -> None:
             f"ppo.max_new_tokens={p.max_new_tokens} + ppo.max_prompt_tokens="
             f"{p.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
             "room for a prompt; lower them")
-    if p.ptx_coef:
-        raise GptjaxError("ppo.ptx_coef != 0 (the pretraining mix) is not supported by the "
-                          "stage yet; leave it at 0")
+    if p.ptx_coef < 0 or p.ptx_batch < 0 or p.offset_prompts < 0 or p.eval_prompts < 0:
+        raise GptjaxError("ppo.ptx_coef, ppo.ptx_batch, ppo.offset_prompts and ppo.eval_prompts "
+                          "must be >= 0")
+    if p.truncated not in TRUNCATED:
+        raise GptjaxError(f"ppo.truncated={p.truncated!r}: use one of {TRUNCATED}")
     if p.kl_kind not in losses.KL_KINDS:
         raise GptjaxError(f"ppo.kl_kind={p.kl_kind!r}: use one of {losses.KL_KINDS}")
     if p.target_kl < 0 or p.init_kl_coef < 0:
@@ -262,6 +281,14 @@ def validate_prepare(p: ml_collections.ConfigDict) -> None:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    """The value at a dotted key ('train.batch_size')."""
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def overrides_from_dict(config: ml_collections.ConfigDict, values: dict[str, Any]) -> None:

@@ -284,8 +284,7 @@ def from_hf(hf_dir: str, workdir: str) -> None:
         raise GptjaxError("internal error: the converted train state does not have the layout "
                           "of gptjax.loops.pretrain.build; please report it.")
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(config))
+    workdir_lib.write_config(config, workdir)
     # The pretrain stage resumes {state, data position}: no data is consumed yet, so the saved
     # position is that of a fresh training iterator (its state is the next batch index, 0).
     seq_len, procs = config_lib.seq_len(config), jax.process_count()

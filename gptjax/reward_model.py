@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -19,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import losses, sampling
+from gptjax import workdir as workdir_lib
 from gptjax.checkpoint import restore_params
 from gptjax.data import preferences
 from gptjax.data.chat import Conversation, render_prompt
-from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer, special_id
+from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
 from gptjax.model import GPTConfig, RewardModel
-from gptjax.workdir import model_config
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -114,14 +112,11 @@ class Scorer:
 
 def load(workdir: str) -> Scorer:
     """The latest reward-model checkpoint of a `reward` workdir, with its normalisation."""
-    cfg = model_config(workdir)
-    tok = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
+    cfg = workdir_lib.model_config(workdir)
+    tok = workdir_lib.read_tokenizer(workdir)
     shapes = jax.eval_shape(lambda: nn.unbox(RewardModel(cfg).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))["params"]))
     _, params = restore_params(workdir, shapes)
-    offset = 0.0
-    path = os.path.join(workdir, NORMALIZATION_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            offset = float(json.load(f)["offset"])
+    norm = workdir_lib.read_json(workdir, NORMALIZATION_FILE)
+    offset = float(norm["offset"]) if norm else 0.0
     return Scorer(cfg, jax.device_put(params), tok, offset)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import io_callback
 from jax.sharding import Mesh
 
-from gptjax import axes, sharding, step as step_lib
+from gptjax import axes, sharding
 from gptjax.model import GPT, GPTConfig, cache_axes, init_cache
 
 Array = jax.Array
@@ -222,7 +222,9 @@ def _run(impl, params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tok
         raise ValueError(f"a batch of {prompt_tokens.shape[0]} prompts does not split over the "
                          f"{ways} batch-parallel devices of mesh {dict(mesh.shape)}; pad the "
                          f"batch to a multiple of {ways}")
-    with step_lib.activated(mesh, rules):  # the model's logical constraints bind to the mesh
+    if isinstance(prompt_tokens, jax.core.Tracer):  # traced in a jit that has the mesh in scope
+        return impl(*args, rules=rules)
+    with sharding.activated(mesh, rules):  # the model's logical constraints bind to the mesh
         return impl(*args, rules=rules)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +68,13 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
                              devices=devices)
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
                 axis_types=(AxisType.Auto,) * 3)
+
+
+@contextlib.contextmanager
+def activated(mesh: Mesh, rules: Rules):
+    """Mesh + logical rules in scope, so the model's activation constraints bind while tracing."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        yield
 
 
 def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:

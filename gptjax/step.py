@@ -1,17 +1,16 @@
-"""Train state born sharded, and the one jitted `train_step(state, batch) -> (state, metrics)`.
+"""The train state and the pure `train_step(state, batch) -> (state, metrics)` of a loss.
 
-Shared by every stage that trains a network: a stage supplies its loss function
-`loss_fn(params, batch, rng) -> (loss, aux_metrics)`; nothing here knows about LM batches.
+Shared by every stage that trains a network on a loss: a stage supplies its loss function
+`loss_fn(params, batch, rng) -> (loss, aux_metrics)`; nothing here knows about LM batches. The
+trainer (gptjax/loops/trainer.py) lays the state out, jits the step and runs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,34 +28,11 @@ class TrainState:
     opt_state: Any
 
 
-@contextlib.contextmanager
-def activated(mesh: Mesh, rules: sharding.Rules):
-    """Mesh + logical rules in scope, so the model's activation constraints bind while tracing."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
-        yield
-
-
-def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 rng: jax.Array, mesh: Mesh, rules: sharding.Rules):
-    """How the train state is laid out: (jitted init that builds it sharded, abstract state).
-
-    The state is born sharded (eval_shape -> shardings -> jit(init, out_shardings)), never
-    materialised on one device first. `init_params(rng)` returns parameters boxed with logical
-    axis names (flax Partitioned); the optimizer moments inherit the boxes, so one pass of the
-    rules shards parameters and moments alike. The abstract state (ShapeDtypeStructs with their
-    shardings) is what a checkpoint is restored into.
-    """
-    def init(rng):
-        params = init_params(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    with activated(mesh, rules):
-        boxed = jax.eval_shape(init, rng)
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            nn.unbox(boxed), shardings)
-    make = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)
-    return make, abstract
+def train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """The step-0 state around parameters: fresh optimizer moments. Given parameters boxed with
+    logical axis names (flax Partitioned), the moments inherit the boxes, so one pass of the rules
+    lays out parameters and moments alike (see `trainer.abstract_layout`)."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def shardings_of(abstract: Any) -> Any:
@@ -108,29 +84,21 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     return step_fn
 
 
-def jit_train_step(step_fn, state_shardings: Any, batch_shardings: Any, mesh: Mesh):
-    """jit with explicit shardings; the old state's buffers are donated to the new one."""
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
-
-
-def jit_eval_step(loss_fn: LossFn, param_shardings: Any, mesh: Mesh, rules: sharding.Rules):
-    """Means of the forward-only loss and aux metrics over a stack of batches (n, B, ...), in
-    one program (no dropout): {'loss': mean, **{name: mean}}.
+def make_eval_step(loss_fn: LossFn):
+    """eval(state, batches (n, B, ...)) -> {'loss': mean, **{name: mean}}: the forward-only loss
+    and aux metrics of the state's parameters over a stack of batches, in one program (no
+    dropout).
 
     One dispatch for the whole validation set: besides saving n-1 launches, this keeps
     independent collective programs from being in flight together, which XLA:CPU's multi-device
     runtime can deadlock on.
     """
-    def eval_fn(params, batches):
+    def eval_fn(state, batches):
         def one(b):
-            loss, aux = loss_fn(params, b, None)
+            loss, aux = loss_fn(state.params, b, None)
             return {"loss": loss, **aux}
         return jax.tree.map(jnp.mean, jax.lax.map(one, batches))
-    stacked = NamedSharding(mesh, P(None, sharding.batch_axes(rules)))
-    return jax.jit(eval_fn, in_shardings=(param_shardings, stacked),
-                   out_shardings=sharding.replicated(mesh))
+    return eval_fn
 
 
 def all_finite(tree: Any) -> jax.Array:

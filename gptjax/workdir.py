@@ -1,6 +1,8 @@
-"""Reading a finished or running workdir back: its model config, tokenizer and parameters.
+"""A workdir's files, written and read back in one place: config.json, tokenizer.json, the
+stage's small JSON reports, and the latest checkpoint's parameters.
 
-Shared by every command that uses a trained model (sample, chat, and later SFT's init-from).
+Shared by every stage (which writes them) and every command that uses a trained model (sample,
+chat, serve, eval, convert, and the stages that start from another stage's workdir).
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import config as config_lib
 from gptjax.checkpoint import restore_params
-from gptjax.data.tokenizer import Tokenizer, load_tokenizer
+from gptjax.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass
@@ -29,35 +35,90 @@ class TrainedModel:
     step: int
 
 
-def model_config(workdir: str) -> GPTConfig:
-    """The model section of <workdir>/config.json (the resolved config every run writes)."""
+def write_run_files(config: Any, workdir: str, tokenizer: Tokenizer) -> None:
+    """The workdir's tokenizer.json and resolved config.json (process 0), which every command
+    that reads a workdir back (sample, chat, convert, init_from) relies on."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
+    write_config(config, workdir)
+
+
+def write_config(config: Any, workdir: str) -> None:
+    """The resolved config.json (process 0)."""
+    if jax.process_index() == 0:
+        _write_atomic(os.path.join(workdir, CONFIG_FILE), config_lib.to_json(config))
+
+
+def write_json(workdir: str, name: str, obj: Any) -> None:
+    """A small JSON report of the stage (data_stats.json, reward_eval.json, ...): process 0
+    only, written atomically so a reader never sees half a file."""
+    if jax.process_index() != 0:
+        return
+    _write_atomic(os.path.join(workdir, name), json.dumps(obj, indent=2, sort_keys=True))
+
+
+def read_json(workdir: str, name: str) -> Any | None:
+    """A report written by `write_json`, or None when the workdir has none."""
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise GptjaxError(f"{path} is not valid JSON ({e}); rerun the stage that wrote it") from None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_tokenizer(workdir: str) -> Tokenizer:
+    """The workdir's tokenizer.json."""
+    return load_tokenizer(os.path.join(workdir, TOKENIZER_FILE))
+
+
+def run_config(workdir: str) -> dict[str, Any]:
+    """The resolved config.json of a workdir, as a dict."""
     if not os.path.isdir(workdir):
         raise GptjaxError(f"--workdir {workdir}: no such directory; pass the workdir of a "
                           "gptjax training run")
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise GptjaxError(f"{workdir} has no config.json: is it a gptjax workdir?")
     try:
         with open(path) as f:
-            return GPTConfig(**json.load(f)["model"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise GptjaxError(f"{path} has no valid 'model' section ({e})") from None
+            return json.load(f)
+    except ValueError as e:
+        raise GptjaxError(f"{path} is not valid JSON ({e}); restore it from the run") from None
+
+
+def model_config(workdir: str) -> GPTConfig:
+    """The model section of <workdir>/config.json (the resolved config every run writes)."""
+    try:
+        return GPTConfig(**run_config(workdir)["model"])
+    except (KeyError, TypeError) as e:
+        raise GptjaxError(f"{os.path.join(workdir, CONFIG_FILE)} has no valid 'model' section "
+                          f"({e})") from None
 
 
 def stage(workdir: str) -> str:
     """The stage that trained the workdir ('pretrain', 'sft', 'reward', ...)."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        return json.load(f).get("stage", "pretrain")
+    return run_config(workdir).get("stage", "pretrain")
 
 
 def load_host(workdir: str) -> TrainedModel:
     """Config, tokenizer and the latest checkpoint's GPT parameters as host numpy arrays."""
     cfg = model_config(workdir)
-    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
+    tok = read_tokenizer(workdir)
     shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
     step, params = restore_params(workdir, shapes)
-    return TrainedModel(cfg, params, tokenizer, step)
+    return TrainedModel(cfg, params, tok, step)
 
 
 def load(workdir: str) -> TrainedModel:

@@ -21,7 +21,7 @@ def test_config_loads_and_validates(name):
     config = load_config(name)
     config_lib.validate(config)
     assert config.is_locked  # unknown keys are errors
-    cfg = config_lib.model_config(config)
+    cfg = config_lib.gpt_config(config)
     shapes = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0),
                                                  jnp.zeros((1, 8), jnp.int32)))
     n = sum(x.size for x in jax.tree.leaves(shapes))

@@ -126,7 +126,7 @@ def _to_gptjax(model, padded_vocab: int):
 
 @pytest.fixture(scope="module")
 def trajectories():
-    from gptjax import step as step_lib
+    from gptjax import sharding
     from gptjax.loops import pretrain
 
     threads = torch.get_num_threads()
@@ -154,7 +154,7 @@ def trajectories():
         batches = _batches()
 
         # Forward agreement at init (the model alone, before any optimizer step).
-        with step_lib.activated(pieces.mesh, pieces.rules):
+        with sharding.activated(pieces.mesh, pieces.rules):
             jax_logits = np.asarray(jax.jit(pieces.model.apply)(
                 {"params": state.params}, jnp.asarray(batches[0][:, :-1])))
         with torch.no_grad():
@@ -162,7 +162,7 @@ def trajectories():
 
         # --- gptjax trajectory ---
         jax_metrics = []
-        with step_lib.activated(pieces.mesh, pieces.rules):
+        with sharding.activated(pieces.mesh, pieces.rules):
             for b in batches:
                 state, m = pieces.train_step(state, jax.device_put(b, pieces.batch_sharding))
                 jax_metrics.append({k: float(v) for k, v in jax.device_get(m).items()})

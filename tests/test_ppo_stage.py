@@ -27,10 +27,11 @@ import pytest
 from conftest import load_config, run_cli
 
 from gptjax import step as step_lib
+from gptjax import workdir as workdir_lib
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import GptjaxError
-from gptjax.loops import ppo as ppo_loop, trainer
+from gptjax.loops import ppo as ppo_loop
 from gptjax.model import GPT, GPTConfig, RewardModel
 from gptjax.optim import make_optimizer
 
@@ -52,7 +53,7 @@ def write_workdir(path, stage: str, tok, cfg: GPTConfig, params) -> str:
     for k, v in dataclasses.asdict(cfg).items():
         config.model[k] = v
     os.makedirs(path)
-    trainer.write_run_files(config, str(path), tok)
+    workdir_lib.write_run_files(config, str(path), tok)
     params = jax.tree.map(jnp.asarray, params)
     state = step_lib.TrainState(step=jnp.asarray(1, jnp.int32), params=params,
                                 opt_state=make_optimizer(config.optim).init(params))
@@ -123,7 +124,7 @@ def ppo_args(workdirs, workdir, steps: int, *extra):
             "--config.ppo.epochs=2", "--config.optim.lr=3e-3", "--config.optim.min_lr=3e-3",
             "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=10",
             "--config.train.progress=False", f"--config.train.steps={steps}",
-            "--workdir", str(workdir), *extra)
+            "--config.ppo.truncated=none", "--workdir", str(workdir), *extra)
 
 
 def _metrics(workdir):

@@ -237,7 +237,7 @@ def test_sharded_decode_matches_one_device(tiny):
         np.testing.assert_array_equal(got[2], want[2])
     # The cache is constrained to (batch over data x fsdp, heads over tensor).
     from gptjax.sampling import _generate_cached
-    from gptjax.step import activated
+    from gptjax.sharding import activated
     with activated(mesh, rules):
         text = _generate_cached.lower(
             placed, cfg, jnp.asarray(prompts), jnp.asarray(lengths), keys, N_NEW,

@@ -8,18 +8,15 @@ comes from the init workdir; runtime options (dropout, dtype, remat, attention) 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from gptjax import config as config_lib
 from gptjax import workdir as workdir_lib
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer, with_special_tokens
 from gptjax.errors import GptjaxError
-from gptjax.loops import trainer
 from gptjax.model import GPTConfig
 
 RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
@@ -62,15 +59,5 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> Start:
             f"{workdir} was trained with another vocabulary than {config.init_from} gives "
             f"({tok_path} differs): use a new --workdir for this init model")
     config_lib.validate(config)
-    trainer.write_run_files(config, workdir, tok)
+    workdir_lib.write_run_files(config, workdir, tok)
     return Start(cfg, params, tok, base.step)
-
-
-def write_json(workdir: str, name: str, obj: Any) -> None:
-    """Write a small JSON report into the workdir (process 0 only; atomic)."""
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)

@@ -2,63 +2,55 @@
 
 `run(config, workdir)`: the policy and the frozen reference start from `config.init_from` (an
 SFT workdir), the critic (a `ValueModel`) from the reward model of `config.ppo.reward_from`, as
-InstructGPT initialises its value function; the frozen reward model scores with that workdir's
-normalisation offset subtracted, so the SFT policy starts near score 0. Each iteration is one
-jitted program: sample K answers to each of `ppo.batch_prompts` prompts, read them with the four
-models, KL-shape the rewards, GAE, then `ppo.epochs` x `ppo.num_minibatches` clipped PPO steps
-on policy and critic together, and move the KL coefficient (gptjax/rl/).
+InstructGPT initialises its value function. Each iteration is three jitted phases
+(gptjax/rl/iteration.py): rollout (K answers to each of `ppo.batch_prompts` prompts), scoring
+(the four models read them; KL-shaped rewards, GAE; the reward-hacking monitors), and the update
+(`ppo.epochs` x `ppo.num_minibatches` clipped-PPO steps on policy and critic, plus the
+pretraining term when `ppo.ptx_coef` > 0), run by the one trainer (gptjax/loops/trainer.py).
+
+Scores are the reward model's minus an offset measured at step 0 on the SFT policy's own answers
+to `ppo.offset_prompts` training prompts with PPO's sampling settings, so the first iteration
+scores about 0 (0 prompts: the reward workdir's reward_normalization.json offset).
 
 Prompts: the prompts of the preference data named by `config.data.mixture` (the reward model's
-data, as in InstructGPT: "hh-rlhf", "finegrained-rlhf" or a .jsonl of records; the answers are
-unused), without the held-out `data.val_fraction` (the fixed split of the other stages),
-rendered up to <|assistant|> and left-padded to ppo.max_prompt_tokens. Iteration i takes the
-next batch_prompts of a fixed shuffle per pass (seeded by config.seed and the pass), so the
-data position is the step and a resumed run continues exactly.
+data, as in InstructGPT), without the held-out `data.val_fraction`, rendered up to
+<|assistant|> and left-padded to the prompt width. Iteration i takes the next batch_prompts of a
+fixed shuffle per pass (seeded by config.seed and the pass), and its pretraining windows are a
+function of (seed, i): the data position is the step, and a resumed run continues exactly. Every
+`train.eval_every` iterations the policy answers `ppo.eval_prompts` held-out prompts, greedy and
+sampled, appended to samples.jsonl with their scores.
 
-The checkpoint's train state keeps the policy as `params` (a GPT tree, what sample / chat /
-init_from read) and the critic as `value_params`, with one optimizer state over both, the step
-and the KL controller's beta. metrics.jsonl per iteration: score (mean normalised reward), kl
-(mean per-sequence sum of the per-token KL estimate), beta, reward (mean total shaped reward),
-loss / policy_loss / value_loss / clipfrac / approx_kl / entropy (means over the update's
-steps), response_length, tokens_per_sec (rollout tokens, prompt + response slots, per second
-of whole iterations).
+The checkpoint keeps the policy as the state's `params` (a GPT tree, what sample / chat /
+init_from read), the critic as `value_params`, one optimizer state over both, the step, beta and
+the reward offset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
-import time
 from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gptjax import reward_model, sampling, sharding, step as step_lib
+from gptjax import config as config_lib
+from gptjax import reward_model, sampling
 from gptjax import workdir as workdir_lib
-from gptjax.checkpoint import Checkpointer
-from gptjax.data import preferences, sft as sft_data
+from gptjax.data import lm as lm_data, preferences, sft as sft_data
 from gptjax.data.chat import Conversation, render_prompt
-from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer, special_id
-from gptjax.errors import GptjaxError, TrainingDiverged
-from gptjax.loops import finetune, trainer
-from gptjax.metrics import MetricsWriter, Progress
+from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
+from gptjax.errors import GptjaxError
+from gptjax.loops import finetune, ptx, trainer
 from gptjax.model import GPT, GPTConfig, ValueModel
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.rl import ppo, rollout
+from gptjax.rl import iteration, monitors, ppo, rollout
 
-
-@flax.struct.dataclass
-class PPOState:
-    step: jax.Array  # int32 scalar: PPO iterations done
-    params: Any  # the policy (GPT tree): what sample / chat / init_from read from a checkpoint
-    value_params: Any  # the critic (ValueModel tree: 'trunk', 'head')
-    opt_state: Any  # one optimizer over {'policy': params, 'value': value_params}
-    kl: ppo.KLController  # beta, a leaf; its rule is static (from the config)
+SAMPLES_FILE = "samples.jsonl"
 
 
 def ppo_hparams(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
@@ -91,17 +83,19 @@ def fit_prompt(conversation: Conversation, tok: Tokenizer, width: int) -> list[i
     return None
 
 
-def load_prompts(config: ml_collections.ConfigDict, tok: Tokenizer, width: int
-                 ) -> tuple[list[list[int]], dict[str, dict[str, int]]]:
-    """(distinct prompt ids, per-source counts) of config.data.mixture's training split."""
+def load_prompts(config: ml_collections.ConfigDict, tok: Tokenizer, width: int,
+                 heldout: bool = False) -> tuple[list[list[int]], dict[str, dict[str, int]]]:
+    """(distinct prompt ids, per-source counts) of config.data.mixture's training split (or its
+    held-out split)."""
     names = [n.strip() for n in config.data.mixture.split(",") if n.strip()]
     if not names:
         raise GptjaxError("data.mixture is empty; name the preference data whose prompts PPO "
                           "answers, e.g. 'hh-rlhf' or a .jsonl file")
     prompts, seen, stats = [], set(), {}
     for name in names:
-        records, _ = sft_data.split(preferences.read_source(name, config.data.root),
-                                    config.data.val_fraction)
+        records, held = sft_data.split(preferences.read_source(name, config.data.root),
+                                       config.data.val_fraction)
+        records = held if heldout else records
         st = stats[name] = {"records": len(records), "kept": 0, "too_long": 0,
                             "not_encodable": 0, "duplicates": 0}
         for rec in records:
@@ -120,7 +114,7 @@ def load_prompts(config: ml_collections.ConfigDict, tok: Tokenizer, width: int
                 seen.add(tuple(ids))
                 prompts.append(ids)
                 st["kept"] += 1
-    if not prompts:
+    if not prompts and not heldout:
         raise GptjaxError(
             f"no prompt of data.mixture={config.data.mixture!r} can be used ({stats}): raise "
             "ppo.max_prompt_tokens (or the model's block size) or use data the tokenizer covers")
@@ -146,7 +140,7 @@ def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer, policy_cfg: G
     if kind != "reward":
         raise GptjaxError(f"--config.ppo.reward_from={where} is a {kind!r} workdir; pass the "
                           "--workdir of a `reward` stage run")
-    rtok = load_tokenizer(os.path.join(where, "tokenizer.json"))
+    rtok = workdir_lib.read_tokenizer(where)
     if rtok.to_json() != tok.to_json() or cfg.vocab_size != policy_cfg.vocab_size:
         raise GptjaxError(
             f"the reward model in {where} reads another vocabulary ({rtok.kind}, "
@@ -157,207 +151,204 @@ def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer, policy_cfg: G
     return reward_model.load(where)
 
 
-def state_layout(cfg: GPTConfig, value_cfg: GPTConfig, tx: Any, kl: ppo.KLController,
-                 mesh: Any, rules: Any) -> tuple[Any, Any]:
-    """(abstract PPOState with shardings, its shardings): the parameters laid out by the
-    logical rules, as `step.state_layout` lays out a TrainState."""
-    def init(rng):
-        k1, k2 = jax.random.split(rng)
-        tokens = jnp.zeros((1, 1), jnp.int32)
-        policy = GPT(cfg).init(k1, tokens)["params"]
-        value = ValueModel(value_cfg).init(k2, tokens)["params"]
-        return PPOState(step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
-                        opt_state=tx.init({"policy": policy, "value": value}), kl=kl)
-
-    with step_lib.activated(mesh, rules):
-        boxed = jax.eval_shape(init, jax.random.key(0))
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            nn.unbox(boxed), shardings)
-    return abstract, shardings
-
-
-def make_iteration(cfg: GPTConfig, value_cfg: GPTConfig, rc: rollout.RolloutConfig,
-                   hp: ppo.PPOConfig, tx: Any, schedule: Any, seed: int, rows: int):
-    """iteration(state, frozen {'ref', 'reward'}, prompts (B, P), lengths (B,)) -> (state,
-    metrics): one rollout, the PPO update, the KL controller. Keys: fold_in(seed, step)."""
-    loss_fn = ppo.make_loss_fn(rollout.make_forward(cfg, value_cfg, rc.max_new_tokens), hp)
-    base = jax.random.key(seed)
-    updates_per_iteration = hp.epochs * hp.num_minibatches
-
-    def iteration(state: PPOState, frozen: dict[str, Any], prompts, lengths):
-        k_rollout, k_update = jax.random.split(jax.random.fold_in(base, state.step))
-        params = rollout.RolloutParams(state.params, frozen["ref"], state.value_params,
-                                       frozen["reward"])
-        r = rollout.rollout(params, prompts, lengths, k_rollout, cfg=cfg, value_cfg=value_cfg,
-                            reward_cfg=value_cfg, rc=rc)
-        batch, stats = rollout.to_transitions(r, state.kl.beta, hp)
-        train = {"policy": state.params, "value": state.value_params}
-        train, opt_state, m = ppo.ppo_update(train, state.opt_state, batch, loss_fn, tx,
-                                             k_update, hp.epochs, hp.num_minibatches)
-        metrics = {**stats, **m, "beta": state.kl.beta,
-                   "lr": schedule(state.step * updates_per_iteration)}
-        new = state.replace(step=state.step + 1, params=train["policy"],
-                            value_params=train["value"], opt_state=opt_state,
-                            kl=ppo.update_kl(state.kl, stats["kl"], rows))
-        return new, metrics
-
-    return iteration
+def ptx_rows(config: ml_collections.ConfigDict) -> int:
+    """Pretraining windows per optimizer step (ppo.ptx_batch; 0 = ppo.batch_prompts)."""
+    return int(config.ppo.ptx_batch) or int(config.ppo.batch_prompts)
 
 
 @dataclasses.dataclass
 class Setup:
-    """What the loop needs, built from the config and the two workdirs."""
+    """What the stage needs, built from the config and the two workdirs."""
 
-    cfg: GPTConfig
-    value_cfg: GPTConfig
+    spec: iteration.Spec
+    tokenizer: Tokenizer
     policy: Any  # host numpy SFT parameters (policy start and frozen reference)
     reward: Any  # reward-model parameters (frozen reward and critic start)
+    reward_offset: float  # the reward workdir's own offset (used when ppo.offset_prompts = 0)
     prompts: list[list[int]]
-    rc: rollout.RolloutConfig
+    eval_prompts: list[list[int]]
+    corpus: ptx.Corpus | None  # the pretraining data (ptx term, and its held-out loss in eval)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-    if not config.ppo.reward_from:  # before any loading: the cheapest mistake to report
+    p = config.ppo
+    if not p.reward_from:  # before any loading: the cheapest mistake to report
         raise GptjaxError("stage 'ppo' scores answers with a trained reward model: pass "
                           "--config.ppo.reward_from=WORKDIR (a reward stage's --workdir)")
     s = finetune.start(config, workdir)  # resolves config.model, validates, writes run files
     scorer = load_reward(config, s.tokenizer, s.cfg)
-    width, n_new = prompt_width(config), int(config.ppo.max_new_tokens)
+    width, n_new = prompt_width(config), int(p.max_new_tokens)
+    extra = 1 if p.truncated == "end" else 0  # the appended end token
     for name, c in (("policy", s.cfg), ("reward", scorer.cfg)):
-        if width + n_new > c.block_size:
+        if width + n_new + (extra if name == "reward" else 0) > c.block_size:
             raise GptjaxError(
-                f"prompts of {width} + {n_new} new tokens exceed the {name} model's block_size "
-                f"{c.block_size}; lower ppo.max_prompt_tokens or ppo.max_new_tokens")
+                f"prompts of {width} + {n_new} new tokens"
+                + (" + the appended end token" if extra and name == "reward" else "")
+                + f" exceed the {name} model's block_size {c.block_size}; lower "
+                "ppo.max_prompt_tokens or ppo.max_new_tokens")
     prompts, stats = load_prompts(config, s.tokenizer, width)
-    finetune.write_json(workdir, "data_stats.json", stats)
+    held, _ = load_prompts(config, s.tokenizer, width, heldout=True)
+    corpus = ptx.load(config, s.tokenizer)
+    if corpus is None and p.ptx_coef:
+        raise GptjaxError(
+            f"ppo.ptx_coef={p.ptx_coef} needs pretraining data, but the init_from chain of "
+            f"{config.init_from} has none (e.g. a converted model): name it with "
+            "--config.ppo.ptx_data (a pretraining or prepare workdir, or a text file)")
+    stats["ptx"] = {"source": corpus.source if corpus else None,
+                    "train_tokens": len(corpus.train) if corpus else 0}
+    workdir_lib.write_json(workdir, "data_stats.json", stats)
     if jax.process_index() == 0:
         for name, st in stats.items():
-            print(f"ppo prompts {name}: {st['kept']} of {st['records']} training records "
-                  f"({st['too_long']} too long for {width} tokens, {st['duplicates']} repeated, "
-                  f"{st['not_encodable']} not encodable)", flush=True)
-    p = config.ppo
+            if name != "ptx":
+                print(f"ppo prompts {name}: {st['kept']} of {st['records']} training records "
+                      f"({st['too_long']} too long for {width} tokens, {st['duplicates']} "
+                      f"repeated, {st['not_encodable']} not encodable)", flush=True)
+        if corpus is not None:
+            print(f"ppo pretraining data: {corpus.source}, {len(corpus.train)} training tokens"
+                  + ("" if p.ptx_coef else " (ptx_coef 0: its held-out loss is only watched)"),
+                  flush=True)
     rc = rollout.RolloutConfig(
         samples_per_prompt=p.samples_per_prompt, max_new_tokens=n_new, temperature=p.temperature,
-        top_k=p.top_k, top_p=p.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN),
-        reward_offset=scorer.offset)
-    return Setup(s.cfg, scorer.cfg, s.params, jax.device_get(scorer.params), prompts, rc)
+        top_k=p.top_k, top_p=p.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
+    spec = iteration.Spec(s.cfg, scorer.cfg, rc, ppo_hparams(config), p.truncated,
+                          p.truncated_penalty, ptx=bool(p.ptx_coef))
+    return Setup(spec, s.tokenizer, s.params, jax.device_get(scorer.params), scorer.offset,
+                 prompts, held[:p.eval_prompts], corpus)
+
+
+def _init(spec: iteration.Spec, tx: Any, kl: ppo.KLController, rng: jax.Array
+          ) -> iteration.PPOState:
+    """The state's shapes and logical names (for its layout)."""
+    k1, k2 = jax.random.split(rng)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    policy = GPT(spec.cfg).init(k1, tokens)["params"]
+    value = ValueModel(spec.value_cfg).init(k2, tokens)["params"]
+    return iteration.PPOState(
+        step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
+        opt_state=tx.init({"policy": policy, "value": value}), kl=kl,
+        reward_offset=jnp.zeros((), jnp.float32), reward_scale=jnp.ones((), jnp.float32))
+
+
+def _padded(prompts: list[list[int]], multiple: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts, repeated cyclically up to a multiple of `multiple` rows."""
+    n = -(-max(len(prompts), 1) // multiple) * multiple
+    return sampling.left_pad([prompts[i % len(prompts)] for i in range(n)], width)
+
+
+def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer.Stage:
+    tcfg, p, spec = config.train, config.ppo, su.spec
+    b, seed = int(p.batch_prompts), int(config.seed)
+    width, seq_len = prompt_width(config), config_lib.seq_len(config)
+    pidx, pcount = jax.process_index(), jax.process_count()
+    tx, kl = make_optimizer(config.optim), kl_controller(config)
+    r_ptx = ptx_rows(config)
+    updates = p.epochs * p.num_minibatches
+
+    def mine(x: np.ndarray) -> np.ndarray:  # this process's rows
+        rows = x.shape[0] // pcount
+        return x[pidx * rows:(pidx + 1) * rows]
+
+    def batch(step: int) -> dict[str, np.ndarray]:
+        idx = batch_indices(len(su.prompts), b, seed, step)
+        tokens, lengths = sampling.left_pad([su.prompts[i] for i in idx], width)
+        out = {"prompts": mine(tokens), "lengths": mine(lengths)}
+        if spec.ptx:
+            w = ptx.windows(su.corpus.train, seq_len, r_ptx * updates, seed, step)
+            out["ptx"] = mine(w.reshape(updates, r_ptx, -1).swapaxes(0, 1))  # rows first
+        return out
+
+    n_off = -(-int(p.offset_prompts) // b) if p.offset_prompts else 0
+    off_tokens, off_lengths = _padded(su.prompts, b, width)
+    off_idx = np.arange(n_off * b) % len(off_tokens)
+    offset_prompts = (off_tokens[off_idx].reshape(n_off, b, width),
+                      off_lengths[off_idx].reshape(n_off, b))
+    tables = monitors.text_tables(su.tokenizer, spec.cfg.padded_vocab_size)
+
+    def frozen_init(rng):
+        k1, k2 = jax.random.split(rng)
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        return {"ref": GPT(spec.cfg).init(k1, tokens)["params"],
+                "reward": ValueModel(spec.value_cfg).init(k2, tokens)["params"],
+                "tables": jax.tree.map(jnp.asarray, tables),
+                "offset_prompts": jax.tree.map(jnp.asarray, offset_prompts)}
+
+    def frozen_load():
+        return {"ref": su.policy, "reward": su.reward, "tables": tables,
+                "offset_prompts": offset_prompts}
+
+    def start(frozen):
+        state = iteration.initial_state(spec, tx, kl, frozen,
+                                        jax.random.fold_in(jax.random.key(seed), 0x0FF5))
+        if not p.offset_prompts:  # the reward workdir's own offset
+            state = state.replace(reward_offset=jnp.asarray(su.reward_offset, jnp.float32))
+        return state
+
+    def make_step(layout: trainer.Layout):
+        phases = iteration.make_phases(spec, tx, lr_schedule(config.optim), seed, layout.mesh,
+                                       layout.rules)
+        return tuple(trainer.Phase(n, f) for n, f in zip(("rollout", "scoring", "update"),
+                                                         phases))
+
+    ev = None
+    if su.eval_prompts:
+        tokens, lengths = _padded(su.eval_prompts, b, width)
+        data = {"prompts": mine(tokens), "lengths": mine(lengths)}
+        if su.corpus is not None:
+            val = np.stack(ptx_val_windows(su.corpus, seq_len, b, tcfg.eval_batches), 1)
+            data["ptx_val"] = mine(val)
+        ev = trainer.Eval(
+            make=lambda layout: iteration.make_eval(spec, seed, layout.mesh, layout.rules),
+            data=data, leading=0,
+            report=lambda step, out: report_eval(workdir, su, step, out))
+    n_params = spec.cfg.num_params(non_embedding=False) + \
+        spec.value_cfg.num_params(non_embedding=False)
+    rows = b * p.samples_per_prompt
+    return trainer.Stage(
+        name="ppo", init=lambda rng: _init(spec, tx, kl, rng), make_step=make_step,
+        rows=math.gcd(b, r_ptx) if spec.ptx else b,
+        rows_key="ppo.batch_prompts" if not spec.ptx or r_ptx % b == 0 else "ppo.ptx_batch",
+        data=trainer.Data(batch), frozen=trainer.Frozen(frozen_init, frozen_load), start=start,
+        eval=ev, finite=("loss", "score", "kl"),
+        checked=lambda st: (st.params, st.value_params), show=("score", "kl"),
+        tokens_per_step=rows * (width + spec.rc.max_new_tokens), num_params=n_params,
+        describe=(f"{len(su.prompts)} prompts, {b} x {p.samples_per_prompt} answers of <= "
+                  f"{spec.rc.max_new_tokens} tokens per iteration"
+                  + (f", ptx {r_ptx} windows x {updates} steps, coef {p.ptx_coef}"
+                     if spec.ptx else "")),
+        fix_divergence="Lower optim.lr or raise ppo.init_kl_coef, then rerun to resume from it.")
+
+
+def ptx_val_windows(corpus: ptx.Corpus, seq_len: int, rows: int, n: int) -> list[np.ndarray]:
+    """n fixed (rows, T + 1) batches of evenly spaced held-out windows (all processes' rows)."""
+    return lm_data.val_batches(corpus.val, seq_len, rows, n)
+
+
+def report_eval(workdir: str, su: Setup, step: int, out: dict[str, np.ndarray]
+                ) -> dict[str, float]:
+    """Append the eval answers to samples.jsonl (process 0) and return the scalars to log."""
+    n = len(su.eval_prompts)
+    tok, eos = su.tokenizer, su.spec.rc.eos_id
+    metrics = {}
+    lines = []
+    for mode in ("greedy", "sampled"):
+        scores = out[f"{mode}_scores"][:n]
+        metrics[f"eval_score_{mode}"] = float(scores.mean())
+        metrics[f"eval_length_{mode}"] = float(out[f"{mode}_lengths"][:n].mean())
+        for i in range(n):
+            ids = out[f"{mode}_tokens"][i][:int(out[f"{mode}_lengths"][i])].tolist()
+            ids = ids[:-1] if ids and ids[-1] == eos else ids
+            lines.append({"step": step, "mode": mode, "prompt": tok.decode(su.eval_prompts[i]),
+                          "answer": tok.decode(ids), "score": float(scores[i]),
+                          "truncated": bool(out[f"{mode}_truncated"][i])})
+    if "ptx_loss" in out:
+        metrics["val_ptx_loss"] = float(out["ptx_loss"])
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
+            for line in lines:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     su = setup(config, workdir)
-    tcfg, p = config.train, config.ppo
-    mesh = sharding.make_mesh(config.mesh.to_dict())
-    rules = sharding.rules_from_config(config.sharding.rules)
-    b, rows = int(p.batch_prompts), int(p.batch_prompts) * int(p.samples_per_prompt)
-    pidx, pcount = jax.process_index(), jax.process_count()
-    ways = sharding.batch_divisor(mesh, rules)
-    if b % ways or b % pcount:
-        raise GptjaxError(f"ppo.batch_prompts={b} does not divide over the {ways} data-parallel "
-                          f"devices of mesh {dict(mesh.shape)} ({pcount} processes); make it a "
-                          "multiple of both")
-    hp, tx = ppo_hparams(config), make_optimizer(config.optim)
-    abstract, shardings = state_layout(su.cfg, su.value_cfg, tx, kl_controller(config), mesh,
-                                       rules)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    frozen_shardings = {"ref": shardings.params, "reward": shardings.value_params}
-    iteration = jax.jit(
-        make_iteration(su.cfg, su.value_cfg, su.rc, hp, tx, lr_schedule(config.optim),
-                       config.seed, rows),
-        in_shardings=(shardings, frozen_shardings, batch_sharding, batch_sharding),
-        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    frozen = jax.device_put({"ref": su.policy, "reward": su.reward}, frozen_shardings)
-
-    is_chief = pidx == 0
-    ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, abstract)
-    else:
-        def start(f):  # copies (never the frozen buffers: the iteration donates the state)
-            policy, value = jax.tree.map(jnp.copy, (f["ref"], f["reward"]))
-            return PPOState(step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
-                            opt_state=tx.init({"policy": policy, "value": value}),
-                            kl=kl_controller(config))
-        state = jax.jit(start, out_shardings=shardings)(frozen)
-
-    width = prompt_width(config)
-    tokens_per_step = rows * (width + su.rc.max_new_tokens)
-    step = start_step = int(jax.device_get(state.step))
-    progress = Progress(tcfg.steps, step, enabled=tcfg.progress and is_chief)
-    writer = MetricsWriter(workdir, enabled=is_chief)
-    if is_chief:
-        progress.write(
-            f"gptjax ppo: policy {su.cfg.num_params(non_embedding=False) / 1e6:.2f}M + critic "
-            f"{su.value_cfg.num_params(non_embedding=False) / 1e6:.2f}M params, "
-            f"{len(su.prompts)} prompts, {b} x {p.samples_per_prompt} answers of <= "
-            f"{su.rc.max_new_tokens} tokens per iteration, mesh {dict(mesh.shape)}; "
-            + (f"resumed at step {step}" if latest is not None else "starting from the SFT model"))
-
-    def prompt_batch(s: int):
-        """This process's rows of iteration s's prompts, as global arrays."""
-        idx = batch_indices(len(su.prompts), b, config.seed, s)
-        tokens, lengths = sampling.left_pad([su.prompts[i] for i in idx], width)
-        mine = slice(pidx * b // pcount, (pidx + 1) * b // pcount)
-        return sharding.global_batch((tokens[mine], lengths[mine]), batch_sharding)
-
-    saver = trainer.Saver(
-        ckpt, jax.jit(lambda st: step_lib.all_finite((st.params, st.value_params))), latest)
-    window = {"t0": time.perf_counter(), "step0": step}
-    last: dict[str, float] = {}
-
-    def finish(s: int, metrics: Any) -> None:
-        """Host side of iteration s (one iteration late): NaN check, logging, progress."""
-        nonlocal last
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        bad = [k for k in ("loss", "score", "kl") if not np.isfinite(m[k])]
-        if bad:
-            raise TrainingDiverged(
-                f"{', '.join(bad)} became non-finite at step {s}. The last good checkpoint "
-                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr or raise "
-                "ppo.init_kl_coef, then rerun to resume from it.")
-        last = m
-        if s % tcfg.log_every == 0 or s == tcfg.steps:
-            now = time.perf_counter()
-            done = s - window["step0"]
-            if done > 0:
-                m["tokens_per_sec"] = done * tokens_per_step / (now - window["t0"])
-            writer.write(s, m)
-            window.update(t0=now, step0=s)
-            progress.update(s, score=f"{m['score']:.3f}", kl=f"{m['kl']:.3f}")
-        else:
-            progress.update(s)
-
-    def advance(s: int) -> Any:
-        nonlocal state
-        state, metrics = iteration(state, frozen, *prompt_batch(s))
-        return metrics
-
-    def save(s: int) -> None:
-        saver.save(s, state)
-
-    def at_step(s: int, metrics: Any) -> bool:
-        """Checkpoint iterations: their metrics are read now, then the state is saved."""
-        if s % tcfg.checkpoint_every and s != tcfg.steps:
-            return False
-        finish(s, metrics)
-        save(s)
-        return True
-
-    t_start = time.perf_counter()
-    try:
-        step, signum = trainer.run_steps(
-            step, tcfg.steps, mesh, rules, advance=advance, finish=finish, at_step=at_step,
-            save=save, saver=saver, window=window,
-            note=progress.write if is_chief else trainer.print_nothing)
-        ckpt.wait()
-    finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
-    if is_chief:
-        msg = (f"stopped at step {step} after {step - start_step} iterations in "
-               f"{time.perf_counter() - t_start:.1f}s")
-        msg += "".join(f"; {k} {last[k]:.4f}" for k in ("score", "kl", "beta") if k in last)
-        print(msg, flush=True)
-    return trainer.RunResult(state=state, step=step, val_loss=None, interrupted_by=signum)
+    return trainer.fit(config, workdir, stage(config, su, workdir))

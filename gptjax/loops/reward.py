@@ -22,8 +22,9 @@ import ml_collections
 from gptjax import config as config_lib
 from gptjax import losses, sharding
 from gptjax import reward_model as rm
+from gptjax import workdir as workdir_lib
 from gptjax.data import preferences
-from gptjax.loops import finetune, trainer
+from gptjax.loops import finetune, supervised, trainer
 from gptjax.model import RewardModel
 
 
@@ -55,14 +56,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     tcfg, seq_len = config.train, config_lib.seq_len(config)
     data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
                             config.data.val_fraction, config.data.max_examples)
-    finetune.write_json(workdir, "data_stats.json", data.stats)
+    workdir_lib.write_json(workdir, "data_stats.json", data.stats)
     model = RewardModel(s.cfg)
 
     def init(r):
         tokens, lengths = jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)
         return model.init(r, tokens, lengths)["params"]
-
-    compiled = trainer.compile_stage(config, init, rm.rm_loss_fn(model, s.cfg.dropout > 0))
 
     def initial_params():
         head = nn.unbox(jax.jit(init)(jax.random.key(config.seed)))["head"]
@@ -72,18 +71,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount)
     val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     answers = tcfg.batch_size * data.k_max
-    result = trainer.fit(config, workdir, compiled, train_it, val_set, stage="reward",
-                         tokens_per_step=answers * seq_len,
-                         flops_per_token=s.cfg.flops_per_token(seq_len),
-                         num_params=s.cfg.num_params(non_embedding=False),
-                         initial_params=initial_params,
-                         # batch i holds records [i*B, (i+1)*B) whatever the process count
-                         data_position_global=True)
+    result = trainer.fit(config, workdir, supervised.loss_stage(
+        config, "reward", init, rm.rm_loss_fn(model, s.cfg.dropout > 0),
+        # batch i holds records [i*B, (i+1)*B) whatever the process count
+        data=trainer.Data.of_iterator(train_it, position_global=True), val=val_set,
+        initial=initial_params, tokens_per_step=answers * seq_len,
+        flops_per_token=s.cfg.flops_per_token(seq_len),
+        num_params=s.cfg.num_params(non_embedding=False)))
     if result.interrupted_by is not None:
         return result
     params = sharding.to_host(result.state.params)  # gathered when sharded over processes
     report = heldout_accuracy(params, s.cfg, data.val)
-    finetune.write_json(workdir, "reward_eval.json", report)
+    workdir_lib.write_json(workdir, "reward_eval.json", report)
     msg = (f"reward model held-out accuracy {report['accuracy']:.3f} ± {report['stderr']:.3f} "
            f"on {report['pairs']} pairs (chance 0.5)")
     n = min(config.reward.normalize_prompts, len(data.train_prompts))
@@ -95,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         raw = rm.score_tokens(params, s.cfg, tokens, lengths)
         norm = {"offset": float(raw.mean()), "std": float(raw.std()), "prompts": n,
                 "init_from": config.init_from}
-        finetune.write_json(workdir, rm.NORMALIZATION_FILE, norm)
+        workdir_lib.write_json(workdir, rm.NORMALIZATION_FILE, norm)
         msg += f"; offset {norm['offset']:.4f} (mean reward of {n} SFT answers)"
     if jax.process_index() == 0:
         print(msg, flush=True)

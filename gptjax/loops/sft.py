@@ -16,8 +16,9 @@ import ml_collections
 
 from gptjax import config as config_lib
 from gptjax import losses
+from gptjax import workdir as workdir_lib
 from gptjax.data import sft as sft_data
-from gptjax.loops import finetune, trainer
+from gptjax.loops import finetune, supervised, trainer
 from gptjax.model import GPT
 
 
@@ -42,24 +43,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     tcfg, seq_len = config.train, config_lib.seq_len(config)
     train, weights, val, stats = sft_data.load(
         config.data.root, config.data.mixture, s.tokenizer, seq_len, config.data.val_fraction)
-    finetune.write_json(workdir, "data_stats.json",
-                        {k: {**dataclasses.asdict(v), "kept": v.kept()} for k, v in stats.items()})
+    workdir_lib.write_json(workdir, "data_stats.json",
+                           {k: {**dataclasses.asdict(v), "kept": v.kept()}
+                            for k, v in stats.items()})
     if jax.process_index() == 0:
         for name, st in stats.items():
             print(f"sft data {name}: {st.kept()} of {st.conversations} conversations "
                   f"({st.cut} cut to fit {seq_len + 1} tokens, {st.too_long} too long, "
                   f"{st.unencodable} not encodable)", flush=True)
     model = GPT(s.cfg)
-    compiled = trainer.compile_stage(
-        config, lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
-        sft_loss_fn(model, dropout=s.cfg.dropout > 0))
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = sft_data.train_iterator(train, weights, seq_len, tcfg.batch_size, config.seed,
                                        pidx, pcount)
     val_set = sft_data.val_batches(val, seq_len, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
-    return trainer.fit(config, workdir, compiled, train_it, val_set, stage="sft",
-                       tokens_per_step=tcfg.batch_size * seq_len,
-                       flops_per_token=s.cfg.flops_per_token(seq_len),
-                       num_params=s.cfg.num_params(non_embedding=False),
-                       initial_params=lambda: s.params)
-
+    return trainer.fit(config, workdir, supervised.loss_stage(
+        config, "sft", lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        sft_loss_fn(model, dropout=s.cfg.dropout > 0), data=trainer.Data.of_iterator(train_it),
+        val=val_set, initial=lambda: s.params, tokens_per_step=tcfg.batch_size * seq_len,
+        flops_per_token=s.cfg.flops_per_token(seq_len),
+        num_params=s.cfg.num_params(non_embedding=False)))

@@ -1,101 +1,208 @@
-"""The training loop every stage shares; a stage differs only in its loss, data and init.
+"""The one training loop. Every stage (pretrain, SFT, reward, PPO, ...) hands `fit` a `Stage`.
 
-A stage builds a `Compiled` (mesh, the jitted step and eval for its loss function, the state's
-layout) with `compile_stage`, makes its grain iterator and validation stack, and calls `fit`.
-`fit` does the rest the same way for pretraining, SFT and the reward model: resume from the
-latest checkpoint exactly (state + data position), host-side metrics one step late, NaN checks
-that never save bad parameters, periodic validation, async checkpoints, SIGINT/SIGTERM saving,
-tokens/s and MFU, a progress bar.
+A stage supplies only what is its own: how to build its step-0 state (`init`; `start` from given
+parameters when it fine-tunes), its pure step `(state, batch) -> (state, metrics)`, the batch of
+step i (`Data`), the models it reads but never trains (`Frozen`), an optional evaluation
+(`Eval`), and which metrics must stay finite. The trainer owns the rest, alike for every stage:
+the mesh and the divisibility checks, the state's sharded layout from `eval_shape` (the state is
+born sharded), the jit with shardings and donation, restore-or-init, the loop, host-side metrics
+read one step late, progress, SIGINT/SIGTERM, NaN checks and checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import threading
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from gptjax import config as config_lib
 from gptjax import sharding, step as step_lib
 from gptjax.checkpoint import Checkpointer
-from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError, TrainingDiverged
+from gptjax.loops.signals import AgreedStop, StopFlag
 from gptjax.metrics import MetricsWriter, Progress, peak_flops_per_device
-from gptjax.optim import lr_schedule, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a stage's arrays live: the mesh and the logical-name rules (made by the trainer)."""
+
+    mesh: Mesh
+    rules: sharding.Rules
+
+
+@dataclasses.dataclass
+class Phase:
+    """One jitted part of a step: fn(state, carry[, frozen]) -> carry. The first phase's carry is
+    the batch and the last phase returns (state, metrics). On logged steps the trainer times the
+    phases apart (metrics `time_<name>`); otherwise they run back to back without a host sync."""
+
+    name: str
+    fn: Callable[..., Any]
+
+
+@dataclasses.dataclass
+class Data:
+    """The batch of step i: this process's rows, a pytree of numpy arrays whose every leaf leads
+    with the rows. `iterator`: the checkpointable grain iterator behind `batch`, saved with the
+    state (None when the batch is a pure function of the step and needs no saving).
+    `position_global`: the iterator's state is the next global batch index, so it carries over
+    to a run with another number of processes (see `Checkpointer.restore`)."""
+
+    batch: Callable[[int], Any]
+    iterator: Any = None
+    position_global: bool = False
+
+    @classmethod
+    def of_iterator(cls, it: Any, position_global: bool = False) -> Data:
+        return cls(lambda _: next(it), it, position_global)
+
+
+@dataclasses.dataclass
+class Frozen:
+    """Models a stage reads but never trains (PPO's reference and reward model), laid out by the
+    same logical rules as the state, placed on the devices once and passed to every step and
+    evaluation as their last argument."""
+
+    init: Callable[[jax.Array], Any]  # rng -> pytree boxed with logical names (shapes only)
+    load: Callable[[], Any]  # -> the host values
+
+
+@dataclasses.dataclass
+class Eval:
+    """An evaluation on every `train.eval_every`-th step and the last one."""
+
+    make: Callable[[Layout], Callable[..., Any]]  # -> pure fn(state, data[, frozen]) -> outputs
+    data: Any  # host pytree: this process's rows (fixed for the run)
+    leading: int = 1  # dimensions before the rows in `data` (1 for an (n, rows, ...) stack)
+    # host: (step, outputs as numpy) -> scalars to log; None logs every output as val_<name>
+    report: Callable[[int, dict[str, np.ndarray]], dict[str, float]] | None = None
+
+
+def _params(state: Any) -> Any:
+    return state.params
+
+
+@dataclasses.dataclass
+class Stage:
+    """What a stage hands the trainer."""
+
+    name: str
+    init: Callable[[jax.Array], Any]  # rng -> step-0 state, parameters boxed with logical names
+    make_step: Callable[[Layout], Callable[..., Any] | tuple[Phase, ...]]  # the pure step
+    rows: int  # rows of a global batch: they split over the data-parallel devices
+    rows_key: str = "train.batch_size"  # the config key that sets them (for the error message)
+    rows_multiple: int = 1  # the key's value is rows * this (e.g. train.grad_accum)
+    data: Data | None = None  # None: compile only (benchmarks, notebooks)
+    frozen: Frozen | None = None
+    # A fine-tuning start: start(params) -> step-0 state, pure; params = initial() laid out as the
+    # state's `params`, or the frozen models when there is no `initial`. None: init(config.seed).
+    start: Callable[[Any], Any] | None = None
+    initial: Callable[[], Any] | None = None
+    eval: Eval | None = None
+    finite: tuple[str, ...] = ("loss",)  # metrics that must stay finite
+    checked: Callable[[Any], Any] = _params  # what of the state must be finite to be saved
+    show: tuple[str, ...] = ("loss",)  # metrics on the progress bar
+    tokens_per_step: int = 0
+    flops_per_token: float = 0.0  # 0: no MFU
+    num_params: int = 0
+    describe: str = ""  # the banner's stage-specific part
+    fix_divergence: str = ("Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
+                           "then rerun to resume from it.")
 
 
 @dataclasses.dataclass
 class Compiled:
-    """What a stage compiles from its config alone (no data, no workdir): benchmarks and
-    notebooks use it to drive the real train step."""
+    """A stage compiled for a mesh, without data: what `fit` runs, and what benchmarks and
+    notebooks drive directly."""
 
-    mesh: Any
-    rules: Any
-    tx: Any
-    make_state: Any  # rng -> sharded TrainState (jitted), parameters from the stage's init
-    abstract: Any  # abstract TrainState with shardings
-    batch_sharding: Any  # for every leaf of a batch: the leading (batch) dim over the data axes
-    train_step: Any  # jitted (state, batch) -> (state, metrics); donates state
-    eval_step: Any  # jitted (params, stacked batches (n, B, ...)) -> {'loss', **aux} means
+    layout: Layout
+    abstract: Any  # the state as ShapeDtypeStructs with their shardings (what restores into)
+    batch_sharding: Any  # every batch leaf: the rows over the data axes
+    make_state: Any  # jitted rng -> the sharded step-0 state from `init`
+    phases: tuple[tuple[str, Any], ...]  # (name, jitted phase); one ("step", train_step) mostly
+    frozen_shardings: Any = None
+    eval_step: Any = None  # jitted, or None
 
-    def state_from_params(self, params: Any) -> step_lib.TrainState:
-        """A step-0 state around given parameters (fine-tuning): fresh optimizer moments."""
-        shardings = step_lib.shardings_of(self.abstract)
-        params = jax.device_put(params, shardings.params)
-        return jax.jit(lambda p: step_lib.TrainState(
-            step=jax.numpy.zeros((), jax.numpy.int32), params=p, opt_state=self.tx.init(p)),
-            out_shardings=shardings)(params)
+    @property
+    def mesh(self) -> Mesh:
+        return self.layout.mesh
+
+    @property
+    def rules(self) -> sharding.Rules:
+        return self.layout.rules
+
+    @property
+    def train_step(self) -> Any:
+        """The jitted step of a one-phase stage: (state, batch[, frozen]) -> (state, metrics)."""
+        if len(self.phases) != 1:
+            raise ValueError(f"this stage's step has {len(self.phases)} phases; use `phases`")
+        return self.phases[0][1]
 
 
-def compile_stage(config: ml_collections.ConfigDict, init_params: Callable[[jax.Array], Any],
-                  loss_fn: step_lib.LossFn, devices: Any = None) -> Compiled:
-    """Mesh, optimizer, sharded state layout and the jitted steps for one loss function.
+def layout_of(config: ml_collections.ConfigDict, devices: Any = None) -> Layout:
+    """The mesh of config.mesh over all devices (or the given ones) and the sharding rules."""
+    return Layout(sharding.make_mesh(config.mesh.to_dict(), devices),
+                  sharding.rules_from_config(config.sharding.rules))
 
-    `init_params(rng)` returns parameters boxed with logical axis names (flax Partitioned);
-    `loss_fn(params, batch, rng)` -> (scalar loss, {name: scalar}); rng is None in evaluation.
-    """
+
+def abstract_layout(init: Callable[[jax.Array], Any], layout: Layout) -> tuple[Any, Any]:
+    """(abstract pytree with shardings, shardings) of what `init` builds, from its logical names."""
+    with sharding.activated(layout.mesh, layout.rules):
+        boxed = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.logical_shardings(boxed, layout.mesh, layout.rules)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            nn.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any = None
+                  ) -> Compiled:
+    """Mesh, divisibility, the state's sharded layout and the jitted step (and eval)."""
     config_lib.validate(config)
-    tcfg = config.train
-    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
-    rules = sharding.rules_from_config(config.sharding.rules)
-    micro_batch = tcfg.batch_size // tcfg.grad_accum
-    ways = sharding.batch_divisor(mesh, rules)
-    if micro_batch % ways:
+    layout = layout_of(config, devices)
+    mesh = layout.mesh
+    ways = sharding.batch_divisor(mesh, layout.rules)
+    pcount = jax.process_count()
+    if stage.rows % ways or stage.rows % pcount:
+        need = math.lcm(ways, pcount) * stage.rows_multiple
         raise GptjaxError(
-            f"the batch ({tcfg.batch_size} sequences / grad_accum {tcfg.grad_accum} = "
-            f"{micro_batch} per micro-step) does not divide over the {ways} data-parallel "
-            f"devices of mesh {dict(mesh.shape)}. Make train.batch_size a multiple of "
-            f"{ways * tcfg.grad_accum}.")
-    tx = make_optimizer(config.optim)
-    make_state, abstract = step_lib.state_layout(
-        init_params, tx, jax.random.key(config.seed), mesh, rules)
-    shardings = step_lib.shardings_of(abstract)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(loss_fn, tx, lr_schedule(config.optim), config.seed,
-                                 tcfg.grad_accum, mesh, rules),
-        shardings, batch_sharding, mesh)
-    eval_step = step_lib.jit_eval_step(loss_fn, shardings.params, mesh, rules)
-    return Compiled(mesh, rules, tx, make_state, abstract, batch_sharding, train_step, eval_step)
-
-
-def write_run_files(config: ml_collections.ConfigDict, workdir: str, tokenizer: Any) -> None:
-    """The workdir's tokenizer.json and resolved config.json (process 0), which every command
-    that reads a workdir back (sample, chat, convert, init_from) relies on."""
-    if jax.process_index() != 0:
-        return
-    save_tokenizer(tokenizer, os.path.join(workdir, "tokenizer.json"))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(config))
+            f"the {stage.name} batch ({config_lib.get(config, stage.rows_key)} = {stage.rows} "
+            f"rows per step) does not divide over the {ways} data-parallel devices of mesh "
+            f"{dict(mesh.shape)}" + (f" and {pcount} processes" if pcount > 1 else "")
+            + f". Make {stage.rows_key} a multiple of {need}.")
+    abstract, shardings = abstract_layout(stage.init, layout)
+    make_state = jax.jit(lambda r: nn.unbox(stage.init(r)), out_shardings=shardings)
+    batch_sharding = sharding.batch_sharding(mesh, layout.rules)
+    frozen_shardings = None
+    if stage.frozen is not None:
+        frozen_shardings = abstract_layout(stage.frozen.init, layout)[1]
+    extra = () if frozen_shardings is None else (frozen_shardings,)
+    step = stage.make_step(layout)
+    phases = step if isinstance(step, tuple) else (Phase("step", step),)
+    jitted = []
+    for i, phase in enumerate(phases):
+        last = i == len(phases) - 1
+        jitted.append((phase.name, jax.jit(
+            phase.fn, in_shardings=(shardings, batch_sharding if i == 0 else None, *extra),
+            out_shardings=(shardings, sharding.replicated(mesh)) if last else None,
+            donate_argnums=(0,) if last else ())))
+    eval_step = None
+    if stage.eval is not None:
+        data_sharding = sharding.batch_sharding(mesh, layout.rules, leading=stage.eval.leading)
+        eval_step = jax.jit(stage.eval.make(layout),
+                            in_shardings=(shardings, data_sharding, *extra),
+                            out_shardings=sharding.replicated(mesh))
+    return Compiled(layout, abstract, batch_sharding, make_state, tuple(jitted),
+                    frozen_shardings, eval_step)
 
 
 @dataclasses.dataclass
@@ -105,62 +212,7 @@ class RunResult:
     val_loss: float | None
     interrupted_by: int | None  # signal number when stopped early by SIGINT/SIGTERM
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and returns."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-class _AgreedStop:
-    """The signal that stops the run, agreed by every process at the same step.
-
-    Processes may receive SIGINT/SIGTERM a step apart; if each stopped on its own, their
-    collectives (the next step, the checkpoint) would no longer match and the run would hang. So
-    a multi-process run also takes the max of the processes' signal numbers after each step, read
-    one step late like the metrics: every process stops after the same step.
-    """
-
-    def __init__(self, flag: _StopFlag, mesh: Any):
-        self.flag = flag
-        self.agreed: int | None = None
-        self.multi = jax.process_count() > 1
-        self._pending = None
-        if self.multi:
-            self._spec = NamedSharding(mesh, P(tuple(mesh.axis_names)))  # one int per device
-            self._max = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
-
-    @property
-    def signum(self) -> int | None:
-        return self.agreed if self.multi else self.flag.signum
-
-    def after_step(self) -> None:
-        """Call once per step, right after dispatching it."""
-        if not self.multi:
-            return
-        previous = self._pending
-        local = np.full((jax.local_device_count(),), self.flag.signum or 0, np.int32)
-        self._pending = self._max(jax.make_array_from_process_local_data(self._spec, local))
-        if previous is not None and int(previous):
-            self.agreed = int(previous)
+    last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Saver:
@@ -169,167 +221,183 @@ class Saver:
     def __init__(self, ckpt: Checkpointer, finite: Callable[[Any], Any], last: int | None):
         self.ckpt, self.finite, self.last = ckpt, finite, last
 
-    def save(self, step: int, state: Any, *items: Any) -> None:
+    def save(self, step: int, state: Any, data_iter: Any = None) -> None:
         if not bool(self.finite(state)):
             raise TrainingDiverged(
-                f"the parameters hold NaN/inf at step {step}; the last good checkpoint (step "
+                f"the parameters hold NaN/inf at step {step}; the last saved checkpoint (step "
                 f"{self.last}) is kept in {self.ckpt.directory}. Lower optim.lr and rerun.")
-        self.ckpt.save(step, state, *items)
+        self.ckpt.save(step, state, data_iter)
         self.last = step
 
 
-def run_steps(step: int, steps: int, mesh: Any, rules: Any, *, advance: Callable[[int], Any],
-              finish: Callable[[int, Any], None], at_step: Callable[[int, Any], bool],
-              save: Callable[[int], None], saver: Saver, window: dict[str, float],
-              note: Callable[[str], None]) -> tuple[int, int | None]:
-    """The loop every stage runs: steps until `steps` or an agreed SIGINT/SIGTERM ->
-    (the step reached, the signal or None).
+class _Log:
+    """The host side of a step, read one step late: NaN checks, metrics.jsonl / TensorBoard,
+    the progress bar, tokens/s and MFU over the steps since the last reset of the clock."""
 
-    advance(s) dispatches one step from state s (the steps already taken) and returns its
-    metrics (device arrays). Their host side, finish(s, metrics), runs one step late, so the
-    host reads step s while step s + 1 runs, except where at_step(s, metrics) returns True: it
-    handled step s at once (evaluation, checkpoint). The first step's compilation and each such step's work are kept out of the
-    tokens/s `window`. On a signal every process stops after the same step and saves it.
-    """
-    start, pending = step, None
-    with _StopFlag() as flag, step_lib.activated(mesh, rules):
-        stop = _AgreedStop(flag, mesh)
-        while step < steps and stop.signum is None:
-            metrics = advance(step)
-            step += 1
-            stop.after_step()
-            if step == start + 1:  # keep compilation out of the first tokens/s window
-                jax.block_until_ready(metrics)
-                window.update(t0=time.perf_counter(), step0=step)
-            if pending is not None:
-                finish(*pending)  # the previous step's metrics, read while this one runs
-                pending = None
-            if at_step(step, metrics):
-                window.update(t0=time.perf_counter(), step0=step)
-            else:
-                pending = (step, metrics)
-        if pending is not None:
-            finish(*pending)
-        if stop.signum is not None and saver.last != step:
-            note(f"signal {stop.signum}: saving step {step} before exiting")
-            save(step)
-    return step, stop.signum
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, stage: Stage,
+                 step: int, saver: Saver):
+        self.tcfg, self.stage, self.saver = config.train, stage, saver
+        chief = jax.process_index() == 0
+        self.progress = Progress(self.tcfg.steps, step, enabled=self.tcfg.progress and chief)
+        self.writer = MetricsWriter(workdir, enabled=chief)
+        self.note = self.progress.write if chief else (lambda _: None)
+        peak, self.peak_source = peak_flops_per_device()
+        self.peak_total = peak * jax.device_count()
+        self.peak = peak
+        self.last: dict[str, float] = {}
+        self.reset_clock(step)
+
+    def reset_clock(self, step: int) -> None:
+        """Start the tokens/s window after `step` (compilation and eval stay out of it)."""
+        self.t0, self.step0 = time.perf_counter(), step
+
+    def finish(self, step: int, metrics: Any, extra: dict[str, float] | None = None,
+               done_at: float | None = None) -> None:
+        """Step `step`'s metrics (device arrays) and extra host values; done_at: when the step
+        had finished, if work (evaluation) came between that and now."""
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = [k for k in self.stage.finite if not np.isfinite(m.get(k, 0.0))]
+        if bad:
+            what = ", ".join(f"{k} {m[k]}" for k in bad)
+            raise TrainingDiverged(
+                f"{self.stage.name}: the {what} at step {step} is not finite. The last good "
+                f"checkpoint (step {self.saver.last}) is kept in {self.saver.ckpt.directory}. "
+                + self.stage.fix_divergence)
+        self.last = m
+        if step % self.tcfg.log_every == 0 or extra or step == self.tcfg.steps:
+            now = time.perf_counter() if done_at is None else done_at
+            if step > self.step0:
+                tps = (step - self.step0) * self.stage.tokens_per_step / (now - self.t0)
+                m["tokens_per_sec"] = tps
+                if self.stage.flops_per_token:
+                    m["mfu"] = tps * self.stage.flops_per_token / self.peak_total
+            self.writer.write(step, {**m, **(extra or {})})
+            self.reset_clock(step)
+            self.progress.update(step, **{k: f"{m[k]:.4f}" for k in self.stage.show if k in m},
+                                 tok_s=f"{m.get('tokens_per_sec', 0):.0f}")
+        else:
+            self.progress.update(step)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.writer.close()
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
-        train_it: Iterator[Any], val_set: Any, *, stage: str, tokens_per_step: int,
-        flops_per_token: float, num_params: int,
-        initial_params: Callable[[], Any] | None = None,
-        data_position_global: bool = False) -> RunResult:
-    """Train `config.train.steps` optimizer steps (resuming from the workdir's latest checkpoint).
+def _fresh_state(config: ml_collections.ConfigDict, stage: Stage, c: Compiled, frozen: tuple):
+    if stage.start is None:
+        return c.make_state(jax.random.key(config.seed))
+    shardings = step_lib.shardings_of(c.abstract)
+    if stage.initial is not None:
+        given = jax.device_put(stage.initial(), shardings.params)
+    else:
+        given = frozen[0]
+    return jax.jit(stage.start, out_shardings=shardings)(given)
 
-    train_it: checkpointable grain iterator of this process's rows of each batch (a pytree of
-    numpy arrays with the batch first); val_set: the same pytree stacked (n, rows, ...), or None.
-    initial_params: loader of the starting parameters for a fresh run (fine-tuning); None
-    initialises them from `config.seed`. It is not called when a checkpoint is resumed.
-    data_position_global: the iterator's state is the next global batch index, so it carries
-    over to a run with another number of processes (see `Checkpointer.restore`).
-    """
+
+def _dispatch(c: Compiled, state: Any, batch: Any, frozen: tuple, timed: bool):
+    """One step through its phases -> (state, metrics, {time_<phase>: seconds} if timed)."""
+    carry, times = batch, {}
+    for i, (name, fn) in enumerate(c.phases):
+        t = time.perf_counter()
+        if i == len(c.phases) - 1:
+            state, carry = fn(state, carry, *frozen)
+        else:
+            carry = fn(state, carry, *frozen)
+        if timed:
+            jax.block_until_ready(carry)
+            times[f"time_{name}"] = time.perf_counter() - t
+    return state, carry, times
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
+        compiled: Compiled | None = None) -> RunResult:
+    """Run `config.train.steps` steps of the stage, resuming from the workdir's latest
+    checkpoint (state, data position, step), as a plain loop."""
     tcfg = config.train
-    mesh, rules = c.mesh, c.rules
-    is_chief = jax.process_index() == 0
+    c = compiled or compile_stage(config, stage)
+    mesh, data = c.mesh, stage.data
+    chief = jax.process_index() == 0
+    frozen = () if stage.frozen is None else (
+        jax.device_put(stage.frozen.load(), c.frozen_shardings),)
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
     latest = ckpt.latest_step()
     if latest is not None:
-        state = ckpt.restore(latest, c.abstract, train_it, data_position_global)
-    elif initial_params is not None:
-        state = c.state_from_params(initial_params())
+        state = ckpt.restore(latest, c.abstract, data.iterator, data.position_global)
     else:
-        state = c.make_state(jax.random.key(config.seed))
-    if val_set is not None:
-        val_set = sharding.global_batch(val_set, sharding.batch_sharding(mesh, rules, leading=1))
-
-    def evaluate(params) -> dict[str, float]:
-        means = jax.device_get(c.eval_step(params, val_set))
-        return {f"val_{k}": float(v) for k, v in means.items()}
-
-    peak, peak_source = peak_flops_per_device()
-    peak_total = peak * jax.device_count()
-    step = int(jax.device_get(state.step))
-    start_step = step
-    progress = Progress(tcfg.steps, step, enabled=tcfg.progress and is_chief)
-    writer = MetricsWriter(workdir, enabled=is_chief)
-    if is_chief:
-        progress.write(
-            f"gptjax {stage}: {num_params / 1e6:.2f}M params, mesh {dict(mesh.shape)} on "
-            f"{jax.device_count()} {jax.devices()[0].platform} devices"
-            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
-            + f", {tokens_per_step} tokens/step, peak {peak / 1e9:.0f} GFLOP/s per device "
-            f"({peak_source}); "
+        with sharding.activated(mesh, c.rules):
+            state = _fresh_state(config, stage, c, frozen)
+    eval_data = None
+    if stage.eval is not None:
+        eval_data = sharding.global_batch(stage.eval.data, sharding.batch_sharding(
+            mesh, c.rules, leading=stage.eval.leading))
+    step = start = int(jax.device_get(state.step))
+    saver = Saver(ckpt, jax.jit(lambda st: step_lib.all_finite(stage.checked(st))), latest)
+    log = _Log(config, workdir, stage, step, saver)
+    if chief:
+        log.note(
+            f"gptjax {stage.name}: {stage.num_params / 1e6:.2f}M params, "
+            + (f"{stage.describe}, " if stage.describe else "")
+            + f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} "
+            "devices" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f", {stage.tokens_per_step} tokens/step, peak {log.peak / 1e9:.0f} GFLOP/s per "
+            f"device ({log.peak_source}); "
             + (f"resumed at step {step}" if latest is not None
-               else "fine-tuning" if initial_params is not None else "from scratch"))
+               else "fine-tuning" if stage.start is not None else "from scratch"))
 
-    saver = Saver(ckpt, jax.jit(lambda st: step_lib.all_finite(st.params)), latest)
+    def evaluate(s: int, state: Any) -> dict[str, float]:
+        out = {k: np.asarray(v) for k, v in
+               jax.device_get(c.eval_step(state, eval_data, *frozen)).items()}
+        if stage.eval.report is not None:
+            return stage.eval.report(s, out)
+        return {f"val_{k}": float(v) for k, v in out.items()}
+
     val_metrics: dict[str, float] = {}
-    window = {"t0": time.perf_counter(), "step0": step}
-
-    def finish_step(s: int, metrics: Any, extra: dict[str, float] | None = None) -> None:
-        """Host side of step s (one step late): NaN check, logging, progress."""
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
-            raise TrainingDiverged(
-                f"the loss became {m['loss']} at step {s}. The last good checkpoint "
-                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr, raise "
-                "optim.warmup_steps or set optim.grad_clip, then rerun to resume from it.")
-        if s % tcfg.log_every == 0 or extra or s == tcfg.steps:
-            now = time.perf_counter()
-            done = s - window["step0"]
-            if done > 0:
-                tps = done * tokens_per_step / (now - window["t0"])
-                m.update(tokens_per_sec=tps, mfu=tps * flops_per_token / peak_total)
-            writer.write(s, {**m, **(extra or {})})
-            window.update(t0=now, step0=s)
-            progress.update(s, loss=f"{m['loss']:.4f}", tok_s=f"{m.get('tokens_per_sec', 0):.0f}")
-        else:
-            progress.update(s)
-
-    def advance(_: int) -> Any:
-        nonlocal state
-        batch = sharding.global_batch(next(train_it), c.batch_sharding)
-        state, metrics = c.train_step(state, batch)
-        return metrics
-
-    def save(s: int) -> None:
-        saver.save(s, state, train_it)
-
-    def at_step(s: int, metrics: Any) -> bool:
-        """Evaluation and checkpoint steps: their metrics are read now, not one step late."""
-        nonlocal val_metrics
-        evaluate_now = val_set is not None and (s % tcfg.eval_every == 0 or s == tcfg.steps)
-        checkpoint_now = s % tcfg.checkpoint_every == 0 or s == tcfg.steps
-        if not (evaluate_now or checkpoint_now or s % tcfg.eval_every == 0):
-            return False
-        if evaluate_now:
-            val_metrics = evaluate(state.params)
-        finish_step(s, metrics, val_metrics if evaluate_now else None)
-        if checkpoint_now:
-            save(s)
-        return True
-
+    pending = None  # (step, metrics, times) whose host side is still to do
     t_start = time.perf_counter()
     try:
-        step, signum = run_steps(step, tcfg.steps, mesh, rules, advance=advance,
-                                 finish=finish_step, at_step=at_step, save=save, saver=saver,
-                                 window=window, note=progress.write if is_chief else print_nothing)
+        with StopFlag() as flag, sharding.activated(mesh, c.rules):
+            stop = AgreedStop(flag, mesh)
+            while step < tcfg.steps and stop.signum is None:
+                batch = sharding.global_batch(data.batch(step), c.batch_sharding)
+                timed = len(c.phases) > 1 and (step + 1) % tcfg.log_every == 0
+                state, metrics, times = _dispatch(c, state, batch, frozen, timed)
+                step += 1
+                stop.after_step()
+                if step == start + 1:  # keep compilation out of the first tokens/s window
+                    jax.block_until_ready(metrics)
+                    log.reset_clock(step)
+                if pending is not None:  # the previous step's metrics, read while this one runs
+                    log.finish(pending[0], pending[1], pending[2])
+                    pending = None
+                evaluate_now = stage.eval is not None and (
+                    step % tcfg.eval_every == 0 or step == tcfg.steps)
+                checkpoint_now = step % tcfg.checkpoint_every == 0 or step == tcfg.steps
+                if evaluate_now or checkpoint_now:  # read now, not one step late
+                    jax.block_until_ready(metrics)
+                    done_at = time.perf_counter()
+                    if evaluate_now:
+                        val_metrics = evaluate(step, state)
+                    log.finish(step, metrics, {**times, **(val_metrics if evaluate_now else {})},
+                               done_at)
+                    if checkpoint_now:
+                        saver.save(step, state, data.iterator)
+                    log.reset_clock(step)
+                else:
+                    pending = (step, metrics, times)
+            if pending is not None:
+                log.finish(*pending)
+            if stop.signum is not None and saver.last != step:
+                log.note(f"signal {stop.signum}: saving step {step} before exiting")
+                saver.save(step, state, data.iterator)
         ckpt.wait()
     finally:
-        progress.close()
-        writer.close()
+        log.close()
         ckpt.close()
-    wall = time.perf_counter() - t_start
-    val_loss = val_metrics.get("val_loss")
-    if is_chief:
-        msg = f"stopped at step {step} after {step - start_step} steps in {wall:.1f}s"
+    if chief:
+        msg = (f"stopped at step {step} after {step - start} steps in "
+               f"{time.perf_counter() - t_start:.1f}s")
+        msg += "".join(f"; {k} {log.last[k]:.4f}" for k in stage.show if k in log.last)
         msg += "".join(f"; {k} {v:.4f}" for k, v in val_metrics.items())
         print(msg, flush=True)
-    return RunResult(state=state, step=step, val_loss=val_loss, interrupted_by=signum,
-                     val_metrics=val_metrics)
-
-
-def print_nothing(_: str) -> None:
-    """The `note` of a process that does not report (every one but process 0)."""
+    return RunResult(state=state, step=step, val_loss=val_metrics.get("val_loss"),
+                     interrupted_by=stop.signum, val_metrics=val_metrics, last_metrics=log.last)

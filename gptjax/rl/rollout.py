@@ -134,11 +134,12 @@ def reward_scores(params: Any, cfg: GPTConfig, tokens: Array, prompt_lengths: Ar
 
 
 def sample(params: Any, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array,
-           key: Array, rc: RolloutConfig) -> Samples:
+           key: Array, rc: RolloutConfig, mesh: Any = None, rules: Any = None) -> Samples:
     """K = rc.samples_per_prompt responses to each of B left-padded prompts (B, P): B * K rows.
 
     `sampling.generate` is vmapped over a (K, B) grid of keys split from `key`: one decoder
-    batch of B rows per sample index, each row with its own key.
+    batch of B rows per sample index, each row with its own key. mesh, rules: decode under the
+    training mesh (the KV cache split by batch and heads, as `generate` splits it).
     """
     b, k = prompt_tokens.shape[0], rc.samples_per_prompt
     keys = jax.random.split(key, (k, b))
@@ -146,7 +147,7 @@ def sample(params: Any, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Ar
     def draw(row_keys):  # (B,) keys -> one response per prompt
         return sampling.generate(params, cfg, prompt_tokens, prompt_lengths, row_keys,
                                  rc.max_new_tokens, rc.temperature, rc.top_k, rc.top_p,
-                                 rc.eos_id)
+                                 rc.eos_id, mesh=mesh, rules=rules)
 
     tokens, logprobs, lengths = jax.vmap(draw)(keys)  # (K, B, N), (K, B, N), (K, B)
 
