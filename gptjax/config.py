@@ -132,6 +132,7 @@ def ppo_config() -> ml_collections.ConfigDict:
     # training prompts with PPO's sampling settings; 0 = the reward workdir's offset.
     p.offset_prompts = 64
     p.eval_prompts = 8  # held-out prompts answered (greedy + sampled) every train.eval_every
+    p.eval_at_start = True  # ... and by the SFT policy before the first iteration (step 0)
     p.kl_kind = "k1"  # per-token KL estimator in the reward: k1, abs, mse, k3
     p.whiten_advantages = True
     p.init_kl_coef = 0.2  # beta at step 0 (TRL's default)

@@ -134,7 +134,7 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(inputs, tmp_path):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 240
-    while not (stopped / "metrics.jsonl").exists() or len(_metrics(stopped)) < 2:
+    while not (stopped / "metrics.jsonl").exists() or len(_metrics(stopped)) < 3:
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -161,13 +161,18 @@ def test_ptx_keeps_the_policy_on_the_pretraining_text(inputs, tmp_path):
                                     "ppo.ptx_batch": 8})
         config.mesh.update(data=1, fsdp=1, tensor=1)
         runs[coef] = _fit(config, tmp_path / f"ptx{coef}", jax.devices()[:1])
-    with_ptx, without = runs[1.0], runs[0.0]
+    # Step 0: the SFT policy's evaluation, before any update: the same in both runs.
+    assert runs[0.0][0]["step"] == runs[1.0][0]["step"] == 0
+    assert runs[1.0][0]["val_ptx_loss"] == pytest.approx(runs[0.0][0]["val_ptx_loss"], rel=1e-6)
+    with_ptx, without = ([m for m in runs[c] if m["step"] > 0] for c in (1.0, 0.0))
     assert "ptx_loss" in with_ptx[0] and "ptx_loss" not in without[0]
     assert with_ptx[-1]["ptx_loss"] < with_ptx[0]["ptx_loss"] - 0.2
     assert with_ptx[-1]["val_ptx_loss"] < without[-1]["val_ptx_loss"] - 0.2
     assert all(np.isfinite(m["score"]) for m in with_ptx)
-    samples = (tmp_path / "ptx1.0" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 2 * 4 and {json.loads(x)["mode"] for x in samples} == {
+    samples = [json.loads(x) for x in
+               (tmp_path / "ptx1.0" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 2 * 4  # steps 0 and 12, greedy and sampled, 4 prompts
+    assert {x["step"] for x in samples} == {0, 12} and {x["mode"] for x in samples} == {
         "greedy", "sampled"}
 
 

@@ -124,7 +124,8 @@ def ppo_args(workdirs, workdir, steps: int, *extra):
             "--config.ppo.epochs=2", "--config.optim.lr=3e-3", "--config.optim.min_lr=3e-3",
             "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=10",
             "--config.train.progress=False", f"--config.train.steps={steps}",
-            "--config.ppo.truncated=none", "--workdir", str(workdir), *extra)
+            "--config.ppo.truncated=none", "--config.ppo.eval_at_start=False",
+            "--workdir", str(workdir), *extra)
 
 
 def _metrics(workdir):

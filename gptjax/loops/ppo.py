@@ -298,7 +298,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
             data["ptx_val"] = mine(val)
         ev = trainer.Eval(
             make=lambda layout: iteration.make_eval(spec, seed, layout.mesh, layout.rules),
-            data=data, leading=0,
+            data=data, leading=0, at_start=bool(p.eval_at_start),
             report=lambda step, out: report_eval(workdir, su, step, out))
     n_params = spec.cfg.num_params(non_embedding=False) + \
         spec.value_cfg.num_params(non_embedding=False)

@@ -1,12 +1,10 @@
-"""The one training loop. Every stage (pretrain, SFT, reward, PPO, ...) hands `fit` a `Stage`.
+"""The one training loop. Every stage (pretrain, SFT, reward, PPO, ...) hands `fit` a `Stage`
+(gptjax/loops/stage.py: its state, step, data, frozen models, eval, finite metrics).
 
-A stage supplies only what is its own: how to build its step-0 state (`init`; `start` from given
-parameters when it fine-tunes), its pure step `(state, batch) -> (state, metrics)`, the batch of
-step i (`Data`), the models it reads but never trains (`Frozen`), an optional evaluation
-(`Eval`), and which metrics must stay finite. The trainer owns the rest, alike for every stage:
-the mesh and the divisibility checks, the state's sharded layout from `eval_shape` (the state is
-born sharded), the jit with shardings and donation, restore-or-init, the loop, host-side metrics
-read one step late, progress, SIGINT/SIGTERM, NaN checks and checkpoints.
+The trainer owns the rest, alike for every stage: the mesh and the divisibility checks, the
+state's sharded layout from `eval_shape` (the state is born sharded), the jit with shardings and
+donation, restore-or-init, the loop, host-side metrics read one step late, progress,
+SIGINT/SIGTERM, NaN checks and checkpoints.
 """
 
 from __future__ import annotations
@@ -28,95 +26,9 @@ from gptjax import sharding, step as step_lib
 from gptjax.checkpoint import Checkpointer
 from gptjax.errors import GptjaxError, TrainingDiverged
 from gptjax.loops.signals import AgreedStop, StopFlag
+# The stage contract, re-exported: a stage file writes trainer.Stage(...), trainer.Data(...).
+from gptjax.loops.stage import Data, Eval, Frozen, Layout, Phase, Stage  # noqa: F401
 from gptjax.metrics import MetricsWriter, Progress, peak_flops_per_device
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where a stage's arrays live: the mesh and the logical-name rules (made by the trainer)."""
-
-    mesh: Mesh
-    rules: sharding.Rules
-
-
-@dataclasses.dataclass
-class Phase:
-    """One jitted part of a step: fn(state, carry[, frozen]) -> carry. The first phase's carry is
-    the batch and the last phase returns (state, metrics). On logged steps the trainer times the
-    phases apart (metrics `time_<name>`); otherwise they run back to back without a host sync."""
-
-    name: str
-    fn: Callable[..., Any]
-
-
-@dataclasses.dataclass
-class Data:
-    """The batch of step i: this process's rows, a pytree of numpy arrays whose every leaf leads
-    with the rows. `iterator`: the checkpointable grain iterator behind `batch`, saved with the
-    state (None when the batch is a pure function of the step and needs no saving).
-    `position_global`: the iterator's state is the next global batch index, so it carries over
-    to a run with another number of processes (see `Checkpointer.restore`)."""
-
-    batch: Callable[[int], Any]
-    iterator: Any = None
-    position_global: bool = False
-
-    @classmethod
-    def of_iterator(cls, it: Any, position_global: bool = False) -> Data:
-        return cls(lambda _: next(it), it, position_global)
-
-
-@dataclasses.dataclass
-class Frozen:
-    """Models a stage reads but never trains (PPO's reference and reward model), laid out by the
-    same logical rules as the state, placed on the devices once and passed to every step and
-    evaluation as their last argument."""
-
-    init: Callable[[jax.Array], Any]  # rng -> pytree boxed with logical names (shapes only)
-    load: Callable[[], Any]  # -> the host values
-
-
-@dataclasses.dataclass
-class Eval:
-    """An evaluation on every `train.eval_every`-th step and the last one."""
-
-    make: Callable[[Layout], Callable[..., Any]]  # -> pure fn(state, data[, frozen]) -> outputs
-    data: Any  # host pytree: this process's rows (fixed for the run)
-    leading: int = 1  # dimensions before the rows in `data` (1 for an (n, rows, ...) stack)
-    # host: (step, outputs as numpy) -> scalars to log; None logs every output as val_<name>
-    report: Callable[[int, dict[str, np.ndarray]], dict[str, float]] | None = None
-
-
-def _params(state: Any) -> Any:
-    return state.params
-
-
-@dataclasses.dataclass
-class Stage:
-    """What a stage hands the trainer."""
-
-    name: str
-    init: Callable[[jax.Array], Any]  # rng -> step-0 state, parameters boxed with logical names
-    make_step: Callable[[Layout], Callable[..., Any] | tuple[Phase, ...]]  # the pure step
-    rows: int  # rows of a global batch: they split over the data-parallel devices
-    rows_key: str = "train.batch_size"  # the config key that sets them (for the error message)
-    rows_multiple: int = 1  # the key's value is rows * this (e.g. train.grad_accum)
-    data: Data | None = None  # None: compile only (benchmarks, notebooks)
-    frozen: Frozen | None = None
-    # A fine-tuning start: start(params) -> step-0 state, pure; params = initial() laid out as the
-    # state's `params`, or the frozen models when there is no `initial`. None: init(config.seed).
-    start: Callable[[Any], Any] | None = None
-    initial: Callable[[], Any] | None = None
-    eval: Eval | None = None
-    finite: tuple[str, ...] = ("loss",)  # metrics that must stay finite
-    checked: Callable[[Any], Any] = _params  # what of the state must be finite to be saved
-    show: tuple[str, ...] = ("loss",)  # metrics on the progress bar
-    tokens_per_step: int = 0
-    flops_per_token: float = 0.0  # 0: no MFU
-    num_params: int = 0
-    describe: str = ""  # the banner's stage-specific part
-    fix_divergence: str = ("Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
-                           "then rerun to resume from it.")
 
 
 @dataclasses.dataclass
@@ -174,9 +86,11 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
     pcount = jax.process_count()
     if stage.rows % ways or stage.rows % pcount:
         need = math.lcm(ways, pcount) * stage.rows_multiple
+        value = config_lib.get(config, stage.rows_key)
+        per = f" / {stage.rows_multiple} micro-steps" if stage.rows_multiple > 1 else ""
         raise GptjaxError(
-            f"the {stage.name} batch ({config_lib.get(config, stage.rows_key)} = {stage.rows} "
-            f"rows per step) does not divide over the {ways} data-parallel devices of mesh "
+            f"the {stage.name} batch ({stage.rows_key}={value}{per} = {stage.rows} rows at a "
+            f"time) does not divide over the {ways} data-parallel devices of mesh "
             f"{dict(mesh.shape)}" + (f" and {pcount} processes" if pcount > 1 else "")
             + f". Make {stage.rows_key} a multiple of {need}.")
     abstract, shardings = abstract_layout(stage.init, layout)
@@ -191,6 +105,11 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
     jitted = []
     for i, phase in enumerate(phases):
         last = i == len(phases) - 1
+        if phase.host:
+            if i in (0, len(phases) - 1):
+                raise ValueError(f"host phase {phase.name!r} cannot be the first or last phase")
+            jitted.append((phase.name, _HostPhase(phase.fn, batch_sharding)))
+            continue
         jitted.append((phase.name, jax.jit(
             phase.fn, in_shardings=(shardings, batch_sharding if i == 0 else None, *extra),
             out_shardings=(shardings, sharding.replicated(mesh)) if last else None,
@@ -294,6 +213,17 @@ def _fresh_state(config: ml_collections.ConfigDict, stage: Stage, c: Compiled, f
     return jax.jit(stage.start, out_shardings=shardings)(given)
 
 
+class _HostPhase:
+    """A host phase as the trainer calls it: (state, carry, *frozen) -> carry | fn(carry)."""
+
+    def __init__(self, fn: Callable[[Any], dict[str, np.ndarray]], batch_sharding: Any):
+        self.fn, self.batch_sharding = fn, batch_sharding
+
+    def __call__(self, state: Any, carry: dict[str, Any], *frozen: Any) -> dict[str, Any]:
+        extra = self.fn(sharding.to_host(carry))
+        return {**carry, **jax.device_put(extra, self.batch_sharding)}
+
+
 def _dispatch(c: Compiled, state: Any, batch: Any, frozen: tuple, timed: bool):
     """One step through its phases -> (state, metrics, {time_<phase>: seconds} if timed)."""
     carry, times = batch, {}
@@ -352,6 +282,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         return {f"val_{k}": float(v) for k, v in out.items()}
 
     val_metrics: dict[str, float] = {}
+    if stage.eval is not None and stage.eval.at_start and latest is None:
+        with sharding.activated(mesh, c.rules):
+            val_metrics = evaluate(step, state)
+        log.writer.write(step, val_metrics)
     pending = None  # (step, metrics, times) whose host side is still to do
     t_start = time.perf_counter()
     try:
