@@ -1,0 +1,165 @@
+"""Batch slots over one KV cache: prefill a prompt into a free row, decode every row in lock step.
+
+The cache has B rows (slots) of S = block_size cache slots each, used as a ring: decode step t
+writes every row's token at ring slot t mod S (the model's shared `cache_index`, set before each
+step). Attention never looks at slot order, only at the position stored beside each key
+(`model.decode_mask`: a key is seen iff 0 <= its position <= the query's), so a row's tokens may
+sit anywhere in the ring. A prompt of P tokens, left-padded to a bucket width W, is prefilled
+on its own (`sampling.prefill`, the same code `generate` runs) and copied into its row at ring
+slots [t - W, t), replacing whatever the row held (empty slots have position -1). The row's
+decode steps then write slots t, t + 1, ..., so its prompt survives as long as P + new tokens
+<= S, which is the context limit anyway. One compiled step serves every mix of rows; prefill
+compiles once per bucket width.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import sampling
+from gptjax.model import GPTConfig, init_cache
+
+# Slot axis of each cache leaf (model.init_cache): keys (B, H, D, S), values (B, H, S, D),
+# positions (B, S).
+_SLOT_AXIS = {"cached_key": 3, "cached_value": 2, "cached_pos": 1}
+Array = jax.Array
+
+
+def bucket_widths(block_size: int, smallest: int = 16) -> list[int]:
+    """Prefill widths: powers of two from `smallest`, the last one the whole context."""
+    widths, w = [], min(smallest, block_size)
+    while w < block_size:
+        widths.append(w)
+        w *= 2
+    return widths + [block_size]
+
+
+def _with_index(cache: Any, index: Array) -> Any:
+    """The cache with every layer's write slot set to `index` (a ring slot of this step)."""
+    return {name: {"attn": {**layer["attn"], "cache_index": index}}
+            for name, layer in cache.items()}
+
+
+def _draw(logits, keys, counts, temperature, top_p, top_k):
+    step_keys = jax.vmap(jax.random.fold_in)(keys, counts)  # token i of a row: fold_in(key, i)
+    tokens, _ = sampling.sample_token(logits, step_keys, temperature, top_k, top_p)
+    return tokens
+
+
+def _step(params, cache, tokens, positions, key_data, counts, temperature, top_p, index, *,
+          cfg: GPTConfig, top_k: int):
+    """Every row's next token (B,) and the cache with this step's keys at ring slot `index`."""
+    logits, cache = sampling.decode_step(params, cfg, _with_index(cache, index), tokens,
+                                         positions)
+    keys = jax.random.wrap_key_data(key_data)
+    return _draw(logits, keys, counts, temperature, top_p, top_k), cache
+
+
+def _insert(params, cache, row, prompt, length, key_data, temperature, top_p, index, *,
+            cfg: GPTConfig, top_k: int):
+    """Prefill one left-padded prompt (1, W) and copy its cache into `row`, ending at `index`.
+
+    Returns (the first new token (1,), the cache). The copy is one dynamic_update_slice per
+    leaf of a whole row (S slots): the prompt's W slots rolled to [index - W, index) mod S, the
+    rest empty (position -1), so nothing of the row's previous request remains.
+    """
+    width, s = prompt.shape[1], cfg.block_size
+    logits, small = sampling.prefill(params, cfg, prompt, length, width)
+    keys = jax.random.wrap_key_data(key_data)
+    first = _draw(logits, keys, jnp.zeros((1,), jnp.int32), temperature, top_p, top_k)
+    shift = (index - width) % s
+
+    def put(big, new, axis, fill):
+        pad = [(0, 0)] * new.ndim
+        pad[axis] = (0, s - width)
+        full = jnp.pad(new, pad, constant_values=fill)  # (1, ..., S): the prompt at [0, W)
+        full = jnp.roll(full, shift, axis=axis)
+        return jax.lax.dynamic_update_slice(big, full.astype(big.dtype),
+                                            (row,) + (0,) * (big.ndim - 1))
+
+    out = {}
+    for name, layer in cache.items():
+        attn = dict(layer["attn"])
+        for leaf, axis in _SLOT_AXIS.items():
+            attn[leaf] = put(attn[leaf], small[name]["attn"][leaf], axis,
+                             -1 if leaf == "cached_pos" else 0)
+        out[name] = {"attn": attn}
+    return first, out
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg: GPTConfig, top_k: int):
+    """The jitted step and insert of one model shape: shared by every decoder of that shape
+    (the parameters are arguments), so a second server in one process compiles nothing."""
+    kw = dict(cfg=cfg, top_k=top_k)
+    return (jax.jit(functools.partial(_step, **kw), donate_argnums=(1,)),
+            jax.jit(functools.partial(_insert, **kw), donate_argnums=(1,)))
+
+
+class SlotDecoder:
+    """`rows` decode slots of one model; host-side per-row state, the KV cache on the device.
+
+    Not thread-safe: one thread (the engine's) drives it.
+    """
+
+    def __init__(self, params: Any, cfg: GPTConfig, rows: int, top_k: int = 0):
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1; got {rows}")
+        self.params, self.cfg, self.rows = params, cfg, rows
+        top_k = 0 if top_k >= cfg.vocab_size else int(top_k)
+        self._step, self._insert = _compiled(cfg, top_k)
+        self.widths = bucket_widths(cfg.block_size)
+        # A copy per leaf: init_cache shares one set of arrays between layers, and a donated
+        # buffer may appear only once among a call's arguments.
+        self.cache = jax.tree.map(jnp.copy, init_cache(cfg, rows, cfg.block_size))
+        self.index = 0  # the ring slot the next step writes
+        kd = jax.random.key_data(jax.random.key(0))
+        self.key_data = np.zeros((rows, *kd.shape), kd.dtype)
+        self.tokens = np.zeros(rows, np.int32)  # each row's last token (the next step's input)
+        self.positions = np.full(rows, -1, np.int32)  # its position; -1 = the row is idle
+        self.counts = np.zeros(rows, np.int32)  # tokens the row has drawn
+        self.temperature = np.zeros(rows, np.float32)
+        self.top_p = np.ones(rows, np.float32)
+
+    def width_for(self, n: int) -> int:
+        """The prefill width for a prompt of n tokens."""
+        return next(w for w in self.widths if w >= n)
+
+    def insert(self, row: int, prompt: list[int], key_data: np.ndarray, temperature: float,
+               top_p: float) -> int:
+        """Prefill `prompt` into `row` and return its first new token (a host sync)."""
+        n = len(prompt)
+        if not 1 <= n < self.cfg.block_size:
+            raise ValueError(f"a prompt of {n} tokens does not fit the context of "
+                             f"{self.cfg.block_size} with room for one new token")
+        tokens, lengths = sampling.left_pad([prompt], self.width_for(n))
+        first, self.cache = self._insert(
+            self.params, self.cache, np.int32(row), tokens, lengths, key_data[None],
+            np.float32([temperature]), np.float32([top_p]), np.int32(self.index))
+        tok = int(first[0])
+        self.tokens[row], self.positions[row], self.counts[row] = tok, n, 1
+        self.key_data[row], self.temperature[row], self.top_p[row] = key_data, temperature, top_p
+        return tok
+
+    def free(self, row: int) -> None:
+        """Stop decoding `row` (its cache is replaced by the next insert). Idle rows are
+        greedy at top_p 1, so an all-greedy batch keeps the cheap branch."""
+        self.positions[row], self.temperature[row], self.top_p[row] = -1, 0.0, 1.0
+
+    def step(self) -> np.ndarray:
+        """One token for every row (idle rows' are garbage) as host int32 (rows,)."""
+        tokens, self.cache = self._step(
+            self.params, self.cache, self.tokens, self.positions, self.key_data, self.counts,
+            self.temperature, self.top_p, np.int32(self.index))
+        tokens = np.asarray(tokens)
+        self.index = (self.index + 1) % self.cfg.block_size
+        busy = self.positions >= 0
+        self.tokens = np.where(busy, tokens, 0).astype(np.int32)
+        self.positions = np.where(busy, self.positions + 1, -1).astype(np.int32)
+        self.counts = self.counts + busy
+        return tokens
