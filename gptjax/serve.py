@@ -30,6 +30,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=8000, help="0 = any free port (printed)")
     ap.add_argument("--slots", type=int, default=16,
                     help="batch slots: requests decoded together in one step")
+    ap.add_argument("--steps_per_call", type=int, default=4,
+                    help="decode steps per device call: requests join and leave between calls; "
+                    "more amortise the host's work per token, fewer join sooner")
     ap.add_argument("--max_tokens", type=int, default=256,
                     help="default reply length (cut to the room the context leaves)")
     ap.add_argument("--temperature", type=float, default=0.8, help="default; 0 = greedy")
@@ -49,6 +52,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def _check(args: argparse.Namespace) -> None:
     if args.slots < 1:
         raise GptjaxError(f"--slots must be at least 1; got {args.slots}")
+    if args.steps_per_call < 1:
+        raise GptjaxError(f"--steps_per_call must be at least 1; got {args.steps_per_call}")
     if args.max_tokens < 1:
         raise GptjaxError(f"--max_tokens must be at least 1; got {args.max_tokens}")
     if not 0.0 <= args.temperature <= 2.0:
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.model_name or os.path.basename(os.path.normpath(args.workdir))
     sock = _listen(args.host, args.port)  # before the compile: a port in use fails at once
     engine = Engine(model.params, model.cfg, args.slots, Service.stop_ids(model.tokenizer, chat),
-                    args.top_k)
+                    args.top_k, args.steps_per_call)
     if args.warmup:
         t0 = time.perf_counter()
         engine.warmup()

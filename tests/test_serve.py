@@ -37,6 +37,7 @@ from serve_util import (reference, running_server, slow_steps, tiny_chat_model, 
 
 SLOTS = 4
 BLOCK = 32
+STEPS = 3  # decode steps per device call: requests end mid-call and join between calls
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def server(model):
-    engine = Engine(model.params, model.cfg, SLOTS, Service.stop_ids(model.tokenizer, True))
+    engine = Engine(model.params, model.cfg, SLOTS, Service.stop_ids(model.tokenizer, True),
+                    steps_per_call=STEPS)
     service = Service(model, engine, "tiny-chat", True, Defaults(max_tokens=N_NEW))
     with running_server(create_app(service)) as url:
         yield url, service
@@ -87,7 +89,7 @@ def test_slots_equal_generate_as_requests_join_and_leave(model):
     draw exactly `generate`'s tokens, greedy and sampled, for the same keys."""
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, 30, n).tolist() for n in (3, 20, 9, 5, 14, 1)]
-    dec = SlotDecoder(model.params, model.cfg, SLOTS)
+    dec = SlotDecoder(model.params, model.cfg, SLOTS, steps_per_call=STEPS)
     eos, total_steps = _eos(model), 0
     for temperature, top_p in ((0.0, 1.0), (1.0, 0.9)):
         keys = [request_keys(i, 1)[0] for i in range(len(prompts))]
@@ -100,18 +102,20 @@ def test_slots_equal_generate_as_requests_join_and_leave(model):
                 i = queue.pop(0)
                 rows[free[0]] = i
                 got[i].append(dec.insert(free[0], prompts[i], keys[i], temperature, top_p))
-            tokens = dec.step()
+            tokens = dec.step()  # (STEPS, SLOTS)
             steps += 1
             for row, i in list(rows.items()):
-                got[i].append(int(tokens[row]))
-                if len(got[i]) == N_NEW or got[i][-1] == eos:
-                    dec.free(row)
-                    del rows[row]
+                for tok in tokens[:, row]:
+                    got[i].append(int(tok))
+                    if len(got[i]) == N_NEW or got[i][-1] == eos:
+                        dec.free(row)
+                        del rows[row]
+                        break
         assert [model.tokenizer.decode(t[:-1] if t[-1] == eos else t)
                 for t in got.values()] == want
         assert len(set(want)) > 3  # the rows really differ
         total_steps += steps
-    assert total_steps > BLOCK  # the ring of cache slots wrapped around
+    assert total_steps * STEPS > BLOCK  # the ring of cache slots wrapped around
 
 
 def test_text_stream_holds_back_stop_prefixes_and_partial_characters():
@@ -254,7 +258,7 @@ def test_unknown_path_and_bad_completion_prompt(server):
 
 def test_client_disconnecting_mid_stream_frees_its_slot(server):
     url, service = server
-    undo = slow_steps(service.engine, 0.1)  # 24 tokens would take 2.4 s
+    undo = slow_steps(service.engine, 0.3)  # 24 tokens would take 2.4 s
     try:
         before = service.engine.stats()["finished"].get("cancelled", 0)
         conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)

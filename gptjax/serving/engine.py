@@ -33,9 +33,11 @@ log = logging.getLogger("gptjax.serve")
 class Request:
     """One sequence to generate (an OpenAI choice).
 
-    on_token(token) -> True ends the request (e.g. a stop string was found); on_done(reason)
-    is called once at the end: 'stop' (end-of-reply token or on_token asked), 'length'
-    (max_tokens), 'cancelled', or 'error: ...' / 'shutdown' when the engine stops first.
+    on_token(token) -> True ends the request (e.g. a stop string was found); on_flush() follows
+    each device call's tokens of a request that goes on (a good moment to send them);
+    on_done(reason) is called once at the end: 'stop' (end-of-reply token or on_token asked),
+    'length' (max_tokens), 'cancelled', or 'error: ...' / 'shutdown' when the engine stops
+    first.
     """
 
     prompt: list[int]
@@ -45,6 +47,7 @@ class Request:
     key_data: np.ndarray  # jax.random.key_data of this sequence's key
     on_token: Callable[[int], bool]
     on_done: Callable[[str], None]
+    on_flush: Callable[[], None] = lambda: None
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token: float | None = None  # perf_counter time of its first token
     generated: int = 0
@@ -63,8 +66,8 @@ class Engine:
     """`slots` batch slots of one model behind a request queue, decoded by one thread."""
 
     def __init__(self, params: Any, cfg: Any, slots: int, stop_ids: frozenset[int],
-                 top_k: int = 0):
-        self.decoder = SlotDecoder(params, cfg, slots, top_k)
+                 top_k: int = 0, steps_per_call: int = 1):
+        self.decoder = SlotDecoder(params, cfg, slots, top_k, steps_per_call)
         self.cfg, self.slots, self.stop_ids = cfg, slots, frozenset(stop_ids)
         self._cv = threading.Condition()
         self._waiting: collections.deque[Request] = collections.deque()
@@ -152,12 +155,14 @@ class Engine:
                     tok = self.decoder.insert(row, req.prompt, req.key_data, req.temperature,
                                               req.top_p)
                     req.first_token = time.perf_counter()
-                    self._deliver(row, req, tok)
+                    if not self._deliver(row, req, tok):
+                        req.on_flush()
                 if self._active:
-                    tokens = self.decoder.step()
-                    self.steps += 1
+                    tokens = self.decoder.step()  # (steps_per_call, slots)
+                    self.steps += len(tokens)
                     for row, req in list(self._active.items()):
-                        self._deliver(row, req, int(tokens[row]))
+                        if not any(self._deliver(row, req, int(t)) for t in tokens[:, row]):
+                            req.on_flush()
         except Exception as e:  # a device or listener failure: fail everyone, say why
             log.exception("the decode loop failed")
             with self._cv:
@@ -169,8 +174,8 @@ class Engine:
             self._active.clear()
             self._waiting.clear()
 
-    def _deliver(self, row: int, req: Request, tok: int) -> None:
-        """Hand one token to its request; free the slot when the request is over."""
+    def _deliver(self, row: int, req: Request, tok: int) -> bool:
+        """Hand one token to its request; free the slot and say True when it is over."""
         self.tokens += 1
         req.generated += 1
         if req.cancelled:
@@ -182,12 +187,13 @@ class Engine:
         elif req.generated >= req.max_tokens:
             reason = "length"
         else:
-            return
+            return False
         with self._cv:
             del self._active[row]
             self.decoder.free(row)
             self._free.append(row)
             self._finish_locked(req, reason)
+        return True
 
     def _finish_locked(self, req: Request, reason: str) -> None:
         if not req.done:

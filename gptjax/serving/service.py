@@ -115,7 +115,8 @@ class Service:
             req = Request(prompt, max_tokens, d.temperature if temperature is None
                           else temperature, d.top_p if top_p is None else top_p, key,
                           on_token=lambda tok, i=i: gen.on_token(i, tok),
-                          on_done=lambda reason, i=i: gen.on_done(i, reason))
+                          on_done=lambda reason, i=i: gen.on_done(i, reason),
+                          on_flush=lambda i=i: gen.on_flush(i))
             gen.requests.append(req)
         try:
             for req in gen.requests:
@@ -136,18 +137,24 @@ class Generation:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.streams = [TextStream(tokenizer, stop) for _ in range(n)]
+        self.pending = [""] * n  # text not yet handed to the event loop, per choice
         self.requests: list[Request] = []
         self.prompt_tokens = prompt_tokens
 
-    # engine thread
+    # engine thread: text gathers per device call and crosses to the event loop once
     def on_token(self, i: int, tok: int) -> bool:
-        text = self.streams[i].push(tok)
-        if text:
-            self._put(Event(i, text))
+        self.pending[i] += self.streams[i].push(tok)
         return self.streams[i].stopped
 
+    def on_flush(self, i: int) -> None:
+        if self.pending[i]:
+            text, self.pending[i] = self.pending[i], ""
+            self._put(Event(i, text))
+
     def on_done(self, i: int, reason: str) -> None:
-        text = self.streams[i].finish() if reason in ("stop", "length") else ""
+        text = self.pending[i] + (self.streams[i].finish() if reason in ("stop", "length")
+                                  else "")
+        self.pending[i] = ""
         self._put(Event(i, text, reason))
 
     def _put(self, ev: Event) -> None:

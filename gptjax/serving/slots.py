@@ -51,13 +51,27 @@ def _draw(logits, keys, counts, temperature, top_p, top_k):
     return tokens
 
 
-def _step(params, cache, tokens, positions, key_data, counts, temperature, top_p, index, *,
-          cfg: GPTConfig, top_k: int):
-    """Every row's next token (B,) and the cache with this step's keys at ring slot `index`."""
-    logits, cache = sampling.decode_step(params, cfg, _with_index(cache, index), tokens,
-                                         positions)
+def _steps(params, cache, tokens, positions, key_data, counts, temperature, top_p, index, *,
+           cfg: GPTConfig, top_k: int, n_steps: int):
+    """n_steps decode steps of every row in one call -> (tokens (n_steps, B), the cache).
+
+    Step j writes ring slot (index + j) mod S. A row stays busy for the whole call (its
+    request may end mid-way: the host drops the tokens after its end); idle rows (position
+    -1) and rows that run past the context are fed position -1, which attends to nothing.
+    """
     keys = jax.random.wrap_key_data(key_data)
-    return _draw(logits, keys, counts, temperature, top_p, top_k), cache
+    busy = positions >= 0
+
+    def body(carry, _):
+        cache, tok, pos, count, idx = carry
+        fed = jnp.where(busy & (pos < cfg.block_size), pos, -1)
+        logits, cache = sampling.decode_step(params, cfg, _with_index(cache, idx), tok, fed)
+        tok = _draw(logits, keys, count, temperature, top_p, top_k)
+        return (cache, tok, pos + 1, count + 1, (idx + 1) % cfg.block_size), tok
+
+    (cache, *_), out = jax.lax.scan(body, (cache, tokens, positions, counts, index), None,
+                                    length=n_steps)
+    return out, cache
 
 
 def _insert(params, cache, row, prompt, length, key_data, temperature, top_p, index, *,
@@ -93,26 +107,31 @@ def _insert(params, cache, row, prompt, length, key_data, temperature, top_p, in
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(cfg: GPTConfig, top_k: int):
-    """The jitted step and insert of one model shape: shared by every decoder of that shape
+def _compiled(cfg: GPTConfig, top_k: int, n_steps: int):
+    """The jitted steps and insert of one model shape: shared by every decoder of that shape
     (the parameters are arguments), so a second server in one process compiles nothing."""
     kw = dict(cfg=cfg, top_k=top_k)
-    return (jax.jit(functools.partial(_step, **kw), donate_argnums=(1,)),
+    return (jax.jit(functools.partial(_steps, n_steps=n_steps, **kw), donate_argnums=(1,)),
             jax.jit(functools.partial(_insert, **kw), donate_argnums=(1,)))
 
 
 class SlotDecoder:
     """`rows` decode slots of one model; host-side per-row state, the KV cache on the device.
 
+    step() runs `steps_per_call` decode steps in one device call: requests join and leave
+    between calls, and the host's work per call (Python, the GIL, waking the HTTP side) is
+    shared by that many tokens of every row.
     Not thread-safe: one thread (the engine's) drives it.
     """
 
-    def __init__(self, params: Any, cfg: GPTConfig, rows: int, top_k: int = 0):
-        if rows < 1:
-            raise ValueError(f"rows must be >= 1; got {rows}")
-        self.params, self.cfg, self.rows = params, cfg, rows
+    def __init__(self, params: Any, cfg: GPTConfig, rows: int, top_k: int = 0,
+                 steps_per_call: int = 1):
+        if rows < 1 or steps_per_call < 1:
+            raise ValueError(f"rows and steps_per_call must be >= 1; got {rows}, "
+                             f"{steps_per_call}")
+        self.params, self.cfg, self.rows, self.steps_per_call = params, cfg, rows, steps_per_call
         top_k = 0 if top_k >= cfg.vocab_size else int(top_k)
-        self._step, self._insert = _compiled(cfg, top_k)
+        self._step, self._insert = _compiled(cfg, top_k, steps_per_call)
         self.widths = bucket_widths(cfg.block_size)
         # A copy per leaf: init_cache shares one set of arrays between layers, and a donated
         # buffer may appear only once among a call's arguments.
@@ -152,14 +171,16 @@ class SlotDecoder:
         self.positions[row], self.temperature[row], self.top_p[row] = -1, 0.0, 1.0
 
     def step(self) -> np.ndarray:
-        """One token for every row (idle rows' are garbage) as host int32 (rows,)."""
+        """steps_per_call tokens for every row, host int32 (steps_per_call, rows); idle rows'
+        are garbage."""
         tokens, self.cache = self._step(
             self.params, self.cache, self.tokens, self.positions, self.key_data, self.counts,
             self.temperature, self.top_p, np.int32(self.index))
         tokens = np.asarray(tokens)
-        self.index = (self.index + 1) % self.cfg.block_size
+        k = self.steps_per_call
+        self.index = (self.index + k) % self.cfg.block_size
         busy = self.positions >= 0
-        self.tokens = np.where(busy, tokens, 0).astype(np.int32)
-        self.positions = np.where(busy, self.positions + 1, -1).astype(np.int32)
-        self.counts = self.counts + busy
+        self.tokens = np.where(busy, tokens[-1], 0).astype(np.int32)
+        self.positions = np.where(busy, self.positions + k, -1).astype(np.int32)
+        self.counts = self.counts + k * busy
         return tokens
