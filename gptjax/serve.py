@@ -42,7 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model_name", default=None,
                     help="the model id clients name (default: the workdir's folder name)")
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                    help="compile every prefill width and the step before listening")
+                    help="compile the step and every prefill shape before listening")
     ap.add_argument("--shutdown_timeout", type=float, default=5.0,
                     help="seconds open requests get to finish after Ctrl-C")
     ap.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from gptjax.serving.engine import Engine
     from gptjax.serving.service import Defaults, Service
 
+    # The engine thread needs the GIL for a moment after every device call; with Python's
+    # default 5 ms switch interval it waited behind the event loop's streaming work.
+    sys.setswitchinterval(0.0005)
     model = workdir_lib.load(args.workdir)
     chat = workdir_lib.stage(args.workdir) != "pretrain" and has_chat_tokens(model.tokenizer)
     name = args.model_name or os.path.basename(os.path.normpath(args.workdir))
@@ -93,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup:
         t0 = time.perf_counter()
         engine.warmup()
-        print(f"gptjax serve: compiled the step and {len(engine.decoder.widths)} prefill widths "
-              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        d = engine.decoder
+        print(f"gptjax serve: compiled the decode step and the prefill for prompt widths "
+              f"{d.widths} x batches {d.batches} in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr, flush=True)
     service = Service(model, engine, name, chat, Defaults(args.temperature, args.top_p,
                                                           args.max_tokens))
     host, port = sock.getsockname()[:2]

@@ -181,7 +181,7 @@ def test_concurrent_requests_share_the_slots_and_match_generate(server, client, 
         prompts, keys = [], []
         for text, _, seed, n in group:
             prompts += [render_prompt([{"role": "user", "content": text}], model.tokenizer)] * n
-            keys += request_keys(seed, n)
+            keys += list(request_keys(seed, n))
         want = reference(model, prompts, keys, N_NEW, temp, 0.9 if temp else 1.0, _eos(model))
         assert [reply for a in group for reply in got[a]] == want, temp
     tokens, steps = after["tokens"] - before["tokens"], after["steps"] - before["steps"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -44,9 +45,11 @@ class Request:
     max_tokens: int
     temperature: float
     top_p: float
-    key_data: np.ndarray  # jax.random.key_data of this sequence's key
+    seed: int  # its key is request_keys(seed, choices)[choice]
     on_token: Callable[[int], bool]
     on_done: Callable[[str], None]
+    choice: int = 0
+    choices: int = 1
     on_flush: Callable[[], None] = lambda: None
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_token: float | None = None  # perf_counter time of its first token
@@ -55,11 +58,13 @@ class Request:
     done: bool = False
 
 
-def request_keys(seed: int, n: int) -> list[np.ndarray]:
+@functools.lru_cache(maxsize=256)
+def request_keys(seed: int, n: int) -> tuple[np.ndarray, ...]:
     """Key data of n sequences sampled with `seed`: jax.random.split(key(seed), n), the keys
-    `python -m gptjax.sample --seed S --num_samples n` gives its rows."""
+    `python -m gptjax.sample --seed S --num_samples n` gives its rows. (A JAX computation:
+    the engine thread calls it, so the event loop never waits behind a decode step.)"""
     keys = jax.random.split(jax.random.key(seed), n)
-    return list(np.asarray(jax.random.key_data(keys)))
+    return tuple(np.asarray(jax.random.key_data(keys)))
 
 
 class Engine:
@@ -122,15 +127,17 @@ class Engine:
                         error=self.error)
 
     def warmup(self) -> None:
-        """Compile the step and every prefill width now, on a private throwaway request each
-        (call before start(); the cache rows are replaced by the next real insert)."""
+        """Compile the step and every prefill (width, batch) now, on throwaway requests (call
+        before start(); the rows are rewritten by the next real insert)."""
         d = self.decoder
         key = request_keys(0, 1)[0]
         for w in d.widths:
-            n = min(w, self.cfg.block_size - 1)
-            d.insert(0, [0] * n, key, 1.0, 0.9)
+            for b in d.batches:
+                d.insert_many([(r, [0] * min(w, self.cfg.block_size - 1), key, 1.0, 0.9)
+                               for r in range(b)])
         d.step()
-        d.free(0)
+        for r in range(self.slots):
+            d.free(r)
 
     # --- the engine thread ---------------------------------------------------------------------
 
@@ -151,12 +158,15 @@ class Engine:
                         row = self._free.pop()
                         self._active[row] = req
                         admitted.append((row, req))
-                for row, req in admitted:  # device work outside the lock
-                    tok = self.decoder.insert(row, req.prompt, req.key_data, req.temperature,
-                                              req.top_p)
-                    req.first_token = time.perf_counter()
-                    if not self._deliver(row, req, tok):
-                        req.on_flush()
+                if admitted:  # device work outside the lock; one prefill for a burst
+                    first = self.decoder.insert_many([
+                        (row, req.prompt, request_keys(req.seed, req.choices)[req.choice],
+                         req.temperature, req.top_p) for row, req in admitted])
+                    now = time.perf_counter()
+                    for (row, req), tok in zip(admitted, first):
+                        req.first_token = now
+                        if not self._deliver(row, req, tok):
+                            req.on_flush()
                 if self._active:
                     tokens = self.decoder.step()  # (steps_per_call, slots)
                     self.steps += len(tokens)

@@ -18,7 +18,7 @@ from typing import Any
 from gptjax.data.chat import has_chat_tokens, render_prompt
 from gptjax.data.tokenizer import END_OF_TURN, EOS
 from gptjax.errors import GptjaxError
-from gptjax.serving.engine import Engine, Request, request_keys
+from gptjax.serving.engine import Engine, Request
 from gptjax.serving.protocol import ApiError
 from gptjax.serving.text import TextStream
 
@@ -111,12 +111,12 @@ class Service:
         d = self.defaults
         seed = secrets.randbits(62) if seed is None else seed
         gen = Generation(self.engine, self.model.tokenizer, n, stop, len(prompt))
-        for i, key in enumerate(request_keys(seed, n)):
+        for i in range(n):
             req = Request(prompt, max_tokens, d.temperature if temperature is None
-                          else temperature, d.top_p if top_p is None else top_p, key,
+                          else temperature, d.top_p if top_p is None else top_p, seed,
                           on_token=lambda tok, i=i: gen.on_token(i, tok),
                           on_done=lambda reason, i=i: gen.on_done(i, reason),
-                          on_flush=lambda i=i: gen.on_flush(i))
+                          choice=i, choices=n, on_flush=lambda i=i: gen.on_flush(i))
             gen.requests.append(req)
         try:
             for req in gen.requests:

@@ -74,27 +74,27 @@ def _steps(params, cache, tokens, positions, key_data, counts, temperature, top_
     return out, cache
 
 
-def _insert(params, cache, row, prompt, length, key_data, temperature, top_p, index, *,
+def _insert(params, cache, rows, prompts, lengths, key_data, temperature, top_p, index, *,
             cfg: GPTConfig, top_k: int):
-    """Prefill one left-padded prompt (1, W) and copy its cache into `row`, ending at `index`.
+    """Prefill n left-padded prompts (n, W) in one forward and copy each one's cache into its
+    row of `rows` (n,), ending at ring slot `index`.
 
-    Returns (the first new token (1,), the cache). The copy is one dynamic_update_slice per
-    leaf of a whole row (S slots): the prompt's W slots rolled to [index - W, index) mod S, the
-    rest empty (position -1), so nothing of the row's previous request remains.
+    Returns (the first new token of each (n,), the cache). Each row is rewritten whole (S
+    slots): its prompt's W slots rolled to [index - W, index) mod S, the rest empty (position
+    -1), so nothing of the row's previous request remains. A row may appear twice with the same
+    prompt (the host pads n to a bucket that way): both writes are the same.
     """
-    width, s = prompt.shape[1], cfg.block_size
-    logits, small = sampling.prefill(params, cfg, prompt, length, width)
+    width, s = prompts.shape[1], cfg.block_size
+    logits, small = sampling.prefill(params, cfg, prompts, lengths, width)
     keys = jax.random.wrap_key_data(key_data)
-    first = _draw(logits, keys, jnp.zeros((1,), jnp.int32), temperature, top_p, top_k)
+    first = _draw(logits, keys, jnp.zeros(rows.shape, jnp.int32), temperature, top_p, top_k)
     shift = (index - width) % s
 
     def put(big, new, axis, fill):
         pad = [(0, 0)] * new.ndim
         pad[axis] = (0, s - width)
-        full = jnp.pad(new, pad, constant_values=fill)  # (1, ..., S): the prompt at [0, W)
-        full = jnp.roll(full, shift, axis=axis)
-        return jax.lax.dynamic_update_slice(big, full.astype(big.dtype),
-                                            (row,) + (0,) * (big.ndim - 1))
+        full = jnp.pad(new, pad, constant_values=fill)  # (n, ..., S): the prompt at [0, W)
+        return big.at[rows].set(jnp.roll(full, shift, axis=axis).astype(big.dtype))
 
     out = {}
     for name, layer in cache.items():
@@ -133,6 +133,9 @@ class SlotDecoder:
         top_k = 0 if top_k >= cfg.vocab_size else int(top_k)
         self._step, self._insert = _compiled(cfg, top_k, steps_per_call)
         self.widths = bucket_widths(cfg.block_size)
+        # Prompts prefilled together: one call for a burst of arrivals (its cost per call is
+        # paid once), padded up to one of these counts so each compiles once per width.
+        self.batches = sorted({1, min(4, rows), rows})
         # A copy per leaf: init_cache shares one set of arrays between layers, and a donated
         # buffer may appear only once among a call's arguments.
         self.cache = jax.tree.map(jnp.copy, init_cache(cfg, rows, cfg.block_size))
@@ -152,18 +155,33 @@ class SlotDecoder:
     def insert(self, row: int, prompt: list[int], key_data: np.ndarray, temperature: float,
                top_p: float) -> int:
         """Prefill `prompt` into `row` and return its first new token (a host sync)."""
-        n = len(prompt)
-        if not 1 <= n < self.cfg.block_size:
-            raise ValueError(f"a prompt of {n} tokens does not fit the context of "
-                             f"{self.cfg.block_size} with room for one new token")
-        tokens, lengths = sampling.left_pad([prompt], self.width_for(n))
-        first, self.cache = self._insert(
-            self.params, self.cache, np.int32(row), tokens, lengths, key_data[None],
-            np.float32([temperature]), np.float32([top_p]), np.int32(self.index))
-        tok = int(first[0])
-        self.tokens[row], self.positions[row], self.counts[row] = tok, n, 1
-        self.key_data[row], self.temperature[row], self.top_p[row] = key_data, temperature, top_p
-        return tok
+        return self.insert_many([(row, prompt, key_data, temperature, top_p)])[0]
+
+    def insert_many(self, items: list[tuple[int, list[int], np.ndarray, float, float]]
+                    ) -> list[int]:
+        """Prefill (row, prompt, key data, temperature, top_p) items, as few calls as the
+        batch sizes allow; -> each one's first new token."""
+        for _, prompt, *_ in items:
+            if not 1 <= len(prompt) < self.cfg.block_size:
+                raise ValueError(f"a prompt of {len(prompt)} tokens does not fit the context "
+                                 f"of {self.cfg.block_size} with room for one new token")
+        out: list[int] = []
+        while len(out) < len(items):
+            part = items[len(out):len(out) + self.batches[-1]]
+            n = next(b for b in self.batches if b >= len(part))
+            padded = part + [part[-1]] * (n - len(part))  # repeats rewrite the same row
+            rows, prompts, keys, temps, top_ps = zip(*padded)
+            width = self.width_for(max(map(len, prompts)))
+            tokens, lengths = sampling.left_pad(list(prompts), width)
+            first, self.cache = self._insert(
+                self.params, self.cache, np.asarray(rows, np.int32), tokens, lengths,
+                np.stack(keys), np.float32(temps), np.float32(top_ps), np.int32(self.index))
+            first = np.asarray(first)[:len(part)].tolist()
+            for (row, prompt, key, temp, top_p), tok in zip(part, first):
+                self.tokens[row], self.positions[row], self.counts[row] = tok, len(prompt), 1
+                self.key_data[row], self.temperature[row], self.top_p[row] = key, temp, top_p
+            out += first
+        return out
 
     def free(self, row: int) -> None:
         """Stop decoding `row` (its cache is replaced by the next insert). Idle rows are
