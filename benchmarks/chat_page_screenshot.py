@@ -33,10 +33,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "serve_chat_page.png"))
     ap.add_argument("--message", action="append", default=None)
     ap.add_argument("--temperature", default="0.8")
-    ap.add_argument("--max_tokens", default="40")
-    ap.add_argument("--size", default="900,560")
+    ap.add_argument("--max_tokens", default="30")
+    ap.add_argument("--size", default="1000,720")
     args = ap.parse_args()
-    messages = args.message or ["What say you, my lord?", "And what of the king?"]
+    messages = args.message or ["ROMEO:", "What say you, my lord?", "And the king?"]
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

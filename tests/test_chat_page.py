@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 
 import pytest
@@ -119,6 +120,18 @@ def test_the_page_streams_replies_keeps_history_and_starts_over(server, browser,
 
     error = _send(browser, "abc " * 10)  # longer than the context of 32
     assert "error" in error.get_attribute("class") and "context" in error.text
+    # Four turns outgrow the context: the page leaves the oldest exchange out and asks again.
+    third = _send(browser, "and now?")
+    assert "assistant" in third.get_attribute("class") and third.get_attribute("title")
+    turns = [*history, {"role": "assistant", "content": second.get_attribute("textContent")},
+             {"role": "user", "content": "and now?"}]
+    for start in (2, 4):  # the most recent whole exchanges that fit, as the page chooses them
+        try:
+            want_third = _api_reply(url, turns[start:], 8)
+            break
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+    assert third.get_attribute("textContent") == want_third
 
     browser.find_element(By.ID, "new_chat").click()
     assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
