@@ -9,10 +9,10 @@ completions one after another (the official `openai` async client, sampling at t
 pass; the levels alternate over --repeats passes (the machine's load drifts) and tokens/s is
 the median pass. Per level: total completion tokens per second of wall time, time to first
 token and per-request latency (p50 / p99 over every request), requests, errors. Then the same
-load on an in-process engine without HTTP (--no-engine to skip): what the decoder sustains. With more clients than slots the extra
-requests wait for a slot: their wait is in TTFT and latency, not in the errors. Bounded: at
-most 64 x --rounds requests per level, every level under --level_timeout, the server stopped
-with Ctrl-C (SIGINT) at the end.
+load on an in-process engine without HTTP (--no-engine to skip): what the decoder sustains.
+With more clients than slots the extra requests wait for a slot: their wait is in TTFT and
+latency, not in the errors. Bounded: at most 64 x --rounds requests per level, every level
+under --level_timeout, the server stopped with Ctrl-C (SIGINT) at the end.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
 
 
 async def one_request(client, model: str, i: int, max_tokens: int) -> dict:
+    """One streamed chat completion with the `openai` client: TTFT, latency, tokens."""
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     try:
@@ -78,11 +79,46 @@ async def one_request(client, model: str, i: int, max_tokens: int) -> dict:
     return dict(ttft=ttft, latency=time.perf_counter() - t0, tokens=tokens)
 
 
+async def one_request_raw(client, model: str, i: int, max_tokens: int) -> dict:
+    """The same request read as plain server-sent events (httpx2, which `openai` uses
+    underneath), without building the client's objects for every chunk."""
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    body = dict(model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens, temperature=0.8, seed=i, stream=True,
+                stream_options={"include_usage": True})
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                return dict(error=f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return dict(error=chunk["error"]["message"])
+                if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get(
+                        "content"):
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+    except Exception as e:
+        return dict(error=f"{type(e).__name__}: {e}")
+    return dict(ttft=ttft, latency=time.perf_counter() - t0, tokens=tokens)
+
+
 async def level(url: str, model: str, clients: int, args) -> tuple[list[dict], float]:
     """One load level over HTTP: (per-request results, wall seconds)."""
-    import openai
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                timeout=args.level_timeout)
+    if args.client == "openai":
+        import openai
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                    timeout=args.level_timeout)
+        send = one_request
+    else:
+        import httpx2
+        client = httpx2.AsyncClient(base_url=url, timeout=args.level_timeout,
+                                    limits=httpx2.Limits(max_connections=clients))
+        send = one_request_raw
     counter = iter(range(clients * args.rounds))
     results: list[dict] = []
     t_end = time.perf_counter() + args.level_timeout
@@ -91,12 +127,12 @@ async def level(url: str, model: str, clients: int, args) -> tuple[list[dict], f
         for i in counter:
             if time.perf_counter() > t_end:
                 return
-            results.append(await one_request(client, model, i, args.max_tokens))
+            results.append(await send(client, model, i, args.max_tokens))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
-    await client.close()
+    await (client.close() if args.client == "openai" else client.aclose())
     return results, wall
 
 
@@ -197,6 +233,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3,
                     help="passes over the levels, alternating (a loaded machine drifts)")
     ap.add_argument("--level_timeout", type=float, default=120.0)
+    ap.add_argument("--client", choices=["openai", "sse"], default="openai",
+                    help="the official client, or plain server-sent events over httpx2 "
+                    "(less client CPU on a machine the clients share with the server)")
     ap.add_argument("--engine", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the levels on an in-process engine without HTTP")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
@@ -218,7 +257,8 @@ def main() -> int:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
     rows = [summarize(c, runs[c]) for c in levels]
-    table(f"HTTP ({model}: {args.slots} slots, {args.steps_per_call} steps per call, "
+    table(f"HTTP, {args.client} clients ({model}: {args.slots} slots, "
+          f"{args.steps_per_call} steps per call, "
           f"max_tokens {args.max_tokens}, streamed, temperature 0.8, {args.repeats} "
           f"alternating passes; server peak RSS {int(rss) / 1024:.0f} MiB; exit code on "
           f"Ctrl-C {code})", rows)

@@ -1,4 +1,4 @@
-"""`python -m gptjax.serve --workdir DIR [--port 8000]`: an OpenAI-compatible server and a chat page.
+"""`python -m gptjax.serve --workdir DIR [--port 8000]`: an OpenAI-compatible server, a chat page.
 
 Serves any workdir `python -m gptjax.chat` reads: POST /v1/chat/completions and
 /v1/completions (streamed with "stream": true), GET /v1/models, GET /health, and a chat page

@@ -18,17 +18,15 @@ import threading
 import urllib.error
 import urllib.request
 
-import jax
 import numpy as np
 import openai
 import pytest
 
 from conftest import ROOT
-from gptjax import sampling
 from gptjax.data.chat import render_prompt
 from gptjax.data.tokenizer import END_OF_TURN
 from gptjax.serving.app import create_app
-from gptjax.serving.engine import Engine, request_keys
+from gptjax.serving.engine import Engine, Request, request_keys
 from gptjax.serving.service import Defaults, Service
 from gptjax.serving.slots import SlotDecoder
 from gptjax.serving.text import TextStream
@@ -252,6 +250,23 @@ def test_unknown_path_and_bad_completion_prompt(server):
     assert status == 404 and reply["error"]["message"]
     status, reply = _post(url, {"prompt": ["a", "b"]}, path="/v1/completions")
     assert status == 400 and reply["error"]["param"] == "prompt"
+
+
+def test_a_failing_listener_ends_only_its_request(server):
+    url, service = server
+    ended: dict[str, str] = {}
+
+    def boom(tok):
+        raise KeyError(tok)
+
+    for name, on_token in (("bad", boom), ("good", lambda tok: False)):
+        service.engine.submit(Request([1, 2, 3], 5, 0.0, 1.0, 0, on_token=on_token,
+                                      on_done=lambda reason, name=name: ended.update(
+                                          {name: reason})))
+    wait_for(lambda: len(ended) == 2)
+    assert ended["bad"].startswith("error: the reply could not be built (KeyError")
+    assert ended["good"] in ("length", "stop")
+    assert _health(url)["status"] == "ok"
 
 
 # --- disconnects and shutdown -----------------------------------------------------------------

@@ -56,6 +56,7 @@ class Request:
     generated: int = 0
     cancelled: bool = False
     done: bool = False
+    error: str | None = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -192,8 +193,8 @@ class Engine:
             reason = "cancelled"
         elif tok in self.stop_ids:
             reason = "stop"
-        elif req.on_token(tok):
-            reason = "stop"
+        elif self._listener(req, tok):
+            reason = "stop" if req.error is None else req.error
         elif req.generated >= req.max_tokens:
             reason = "length"
         else:
@@ -204,6 +205,16 @@ class Engine:
             self._free.append(row)
             self._finish_locked(req, reason)
         return True
+
+    @staticmethod
+    def _listener(req: Request, tok: int) -> bool:
+        """req.on_token(tok); a listener that raises ends its own request, not the engine."""
+        try:
+            return req.on_token(tok)
+        except Exception as e:
+            log.exception("a request's token listener failed")
+            req.error = f"error: the reply could not be built ({type(e).__name__}: {e})"
+            return True
 
     def _finish_locked(self, req: Request, reason: str) -> None:
         if not req.done:
