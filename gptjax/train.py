@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from gptjax import distributed, runtime
-from gptjax.cli import exit_on_user_error, train_args_from_argv
+from gptjax.cli import check_output_dir, exit_on_user_error, train_args_from_argv
 from gptjax.errors import GptjaxError
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "
@@ -21,6 +21,12 @@ USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ..
 def run(config, workdir: str, dist: distributed.Options | None = None):
     """Run the stage the config names (callable from a notebook). `dist`: how to join a
     multi-process run; None reads GPTJAX_* variables and detects SLURM / TPU pod launches."""
+    from gptjax import config as config_lib, workdir as workdir_lib
+    # Bad input fails here, before any device, data or workdir is touched. (Fine-tuning stages
+    # take the model shape from init_from, so theirs is checked once it is loaded.)
+    config_lib.validate(config, shape=config.stage in ("prepare", "pretrain"))
+    check_output_dir(workdir, "--workdir")
+    workdir_lib.check_stage(workdir, config.stage)
     if config.stage == "prepare":  # no devices: a data stage
         if distributed.is_multiprocess(dist):
             raise GptjaxError("stage 'prepare' runs as one process: start it once, without the "
@@ -42,11 +48,8 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     if config.stage == "reward":
         from gptjax.loops import reward
         return reward.run(config, workdir)
-    if config.stage == "ppo":
-        from gptjax.loops import ppo
-        return ppo.run(config, workdir)
-    from gptjax.config import validate
-    validate(config)  # raises for an unknown stage
+    from gptjax.loops import ppo
+    return ppo.run(config, workdir)  # (validate accepts no other stage)
 
 
 @exit_on_user_error

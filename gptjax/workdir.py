@@ -29,11 +29,15 @@ class TrainedModel:
     step: int
 
 
+LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo")  # workdirs whose `params` are a GPT
+
+
 def model_config(workdir: str) -> GPTConfig:
     """The model section of <workdir>/config.json (the resolved config every run writes)."""
     if not os.path.isdir(workdir):
-        raise GptjaxError(f"--workdir {workdir}: no such directory; pass the workdir of a "
-                          "gptjax training run")
+        what = "is a file, not a directory" if os.path.exists(workdir) else "no such directory"
+        raise GptjaxError(f"--workdir {workdir}: {what}; pass the workdir of a gptjax training "
+                          "run")
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise GptjaxError(f"{workdir} has no config.json: is it a gptjax workdir?")
@@ -50,9 +54,36 @@ def stage(workdir: str) -> str:
         return json.load(f).get("stage", "pretrain")
 
 
+def check_stage(workdir: str, stage_name: str) -> None:
+    """Refuse to run stage `stage_name` in a workdir another stage wrote (its config.json says
+    which): it would resume, or overwrite, that stage's checkpoints."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        saved = stage(workdir)
+    except (OSError, ValueError, AttributeError) as e:
+        raise GptjaxError(f"{path} is not a readable gptjax config ({type(e).__name__}); use a new "
+                          "--workdir or restore that file") from None
+    if saved != stage_name:
+        raise GptjaxError(f"--workdir {workdir} holds a {saved!r} run (its config.json), not a "
+                          f"{stage_name!r} one; give the {stage_name} run a workdir of its own")
+
+
+def check_language_model(workdir: str) -> None:
+    """Refuse a workdir whose checkpoint is no GPT language model (a reward model, a prepare
+    run) before reading its parameters as one."""
+    kind = stage(workdir)
+    if kind not in LANGUAGE_MODEL_STAGES:
+        raise GptjaxError(f"{workdir} is a {kind!r} workdir (its config.json), which holds no "
+                          f"language model; pass the workdir of a {', '.join(LANGUAGE_MODEL_STAGES)}"
+                          " run")
+
+
 def load_host(workdir: str) -> TrainedModel:
     """Config, tokenizer and the latest checkpoint's GPT parameters as host numpy arrays."""
     cfg = model_config(workdir)
+    check_language_model(workdir)
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
     shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))

@@ -270,9 +270,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
 
     is_chief = pidx == 0
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, abstract)
+    restored = ckpt.restore_latest(abstract, resume=tcfg.resume)
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        state = restored[1]
     else:
         def start(f):  # copies (never the frozen buffers: the iteration donates the state)
             policy, value = jax.tree.map(jnp.copy, (f["ref"], f["reward"]))
@@ -313,9 +314,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         bad = [k for k in ("loss", "score", "kl") if not np.isfinite(m[k])]
         if bad:
             raise TrainingDiverged(
-                f"{', '.join(bad)} became non-finite at step {s}. The last good checkpoint "
-                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr or raise "
-                "ppo.init_kl_coef, then rerun to resume from it.")
+                f"{', '.join(bad)} became non-finite at step {s}. {ckpt.describe(saver.last)}. "
+                "Lower optim.lr or raise ppo.init_kl_coef, then rerun to resume from it.")
         last = m
         if s % tcfg.log_every == 0 or s == tcfg.steps:
             now = time.perf_counter()

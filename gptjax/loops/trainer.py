@@ -172,8 +172,8 @@ class Saver:
     def save(self, step: int, state: Any, *items: Any) -> None:
         if not bool(self.finite(state)):
             raise TrainingDiverged(
-                f"the parameters hold NaN/inf at step {step}; the last good checkpoint (step "
-                f"{self.last}) is kept in {self.ckpt.directory}. Lower optim.lr and rerun.")
+                f"the parameters hold NaN/inf at step {step}. {self.ckpt.describe(self.last)}. "
+                "Lower optim.lr and rerun.")
         self.ckpt.save(step, state, *items)
         self.last = step
 
@@ -234,9 +234,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
     mesh, rules = c.mesh, c.rules
     is_chief = jax.process_index() == 0
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, c.abstract, train_it, data_position_global)
+    restored = ckpt.restore_latest(c.abstract, train_it, data_position_global, tcfg.resume)
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        state = restored[1]
     elif initial_params is not None:
         state = c.state_from_params(initial_params())
     else:
@@ -273,9 +274,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, c: Compiled,
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(m["loss"]):
             raise TrainingDiverged(
-                f"the loss became {m['loss']} at step {s}. The last good checkpoint "
-                f"(step {saver.last}) is kept in {ckpt.directory}. Lower optim.lr, raise "
-                "optim.warmup_steps or set optim.grad_clip, then rerun to resume from it.")
+                f"the loss became {m['loss']} at step {s}. {ckpt.describe(saver.last)}. Lower "
+                "optim.lr, raise optim.warmup_steps or set optim.grad_clip, then rerun to resume "
+                "from it.")
         if s % tcfg.log_every == 0 or extra or s == tcfg.steps:
             now = time.perf_counter()
             done = s - window["step0"]
