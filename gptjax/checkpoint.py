@@ -35,17 +35,41 @@ _FIX = ("rerun with --config.train.resume=previous to resume from the newest che
 class _QuietOrbaxErrors(logging.Filter):
     """orbax logs a failed background save as ERROR records with tracebacks, once per thread the
     error passes through, before the main thread sees the exception. `Checkpointer` reports
-    that exception in one line, so these records are dropped."""
+    that exception in one line, so ERROR records logged from orbax's code are dropped. (The
+    record's own pathname is absl's logging module, so the caller is found on the stack.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        frame = sys._getframe(1)
+        while frame is not None:
+            if f"{os.sep}orbax{os.sep}" in frame.f_code.co_filename:
+                return False
+            frame = frame.f_back
+        return True
 
 
 def _quiet_orbax_errors() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
         logger.addFilter(_QuietOrbaxErrors())
+    if getattr(sys.unraisablehook, "__name__", "") != _drop_closed_loop_echoes.__name__:
+        _drop_closed_loop_echoes.previous = sys.unraisablehook
+        sys.unraisablehook = _drop_closed_loop_echoes
+
+
+def _drop_closed_loop_echoes(unraisable: Any) -> None:
+    """When a save fails in orbax's Python code while tensorstore still writes its arrays, orbax
+    closes the save's event loop; each write that completes later calls back into the closed
+    loop, and asyncio's `_check_closed` raises a RuntimeError that Python reports as
+    "unraisable", with a traceback, dozens of times. They are echoes of the failure Checkpointer
+    reports in one line: dropped. Every other unraisable exception goes to the previous hook."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if not (isinstance(unraisable.exc_value, RuntimeError) and tb is not None
+            and tb.tb_frame.f_code.co_name == "_check_closed"):
+        _drop_closed_loop_echoes.previous(unraisable)
 
 
 class Checkpointer:
