@@ -69,8 +69,11 @@ def _parse(argv: list[str], usage: str, distributed: bool) -> flags.FlagValues:
             raise GptjaxError(f"--config {path}: the config file {what} (working directory "
                               f"{os.getcwd()}); pass a file such as configs/tiny.py")
     fv = flags.FlagValues()
+    argv = ["gptjax"] + list(argv)
+    # (sys_argv: the --config.a.b overrides are found in these arguments, not sys.argv, so
+    # main(argv) works when called from Python too)
     config_flags.DEFINE_config_file("config", None, "ml_collections config file",
-                                    flag_values=fv, lock_config=True)
+                                    flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "output directory (default runs/<config name>)",
                         flag_values=fv)
     if distributed:
@@ -83,7 +86,7 @@ def _parse(argv: list[str], usage: str, distributed: bool) -> flags.FlagValues:
                              "seconds to wait for the other processes (default 60)",
                              flag_values=fv)
     try:
-        fv(["gptjax"] + list(argv))
+        fv(argv)
         if fv.config is not None:
             fv.config.get("stage")  # raises here if the config file failed to load or run
     except flags.Error as e:

@@ -107,6 +107,11 @@ def read_hf_config(hf_dir: str) -> GPTConfig:
         missing.append("n_positions")
     if missing:
         raise GptjaxError(f"{path} lacks {missing}; is it a GPT-2 config?")
+    for key in ("n_embd", "n_layer", "n_head", "vocab_size", "n_positions", "n_ctx"):
+        value = hf.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GptjaxError(f"{path}: {key}={value!r} should be a positive integer; is it a "
+                              "GPT-2 config?")
     checks = [  # (key, default in transformers' GPT2Config, allowed values, what gptjax does)
         ("model_type", "gpt2", ("gpt2",), "only GPT-2 models convert"),
         ("activation_function", "gelu_new", tuple(ACTIVATIONS), "gptjax's MLP uses GELU"),

@@ -27,6 +27,8 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     config_lib.validate(config, shape=config.stage in ("prepare", "pretrain"))
     check_output_dir(workdir, "--workdir")
     workdir_lib.check_stage(workdir, config.stage)
+    if config.stage == "pretrain":  # (a fine-tuning stage's shape is init_from's: checked there)
+        workdir_lib.check_same_model(workdir, config.model.to_dict())
     if config.stage == "prepare":  # no devices: a data stage
         if distributed.is_multiprocess(dist):
             raise GptjaxError("stage 'prepare' runs as one process: start it once, without the "

@@ -30,6 +30,8 @@ class TrainedModel:
 
 
 LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo")  # workdirs whose `params` are a GPT
+# Model options that change how a model runs, not its parameters (a run may change them).
+RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
 
 
 def model_config(workdir: str) -> GPTConfig:
@@ -68,6 +70,30 @@ def check_stage(workdir: str, stage_name: str) -> None:
     if saved != stage_name:
         raise GptjaxError(f"--workdir {workdir} holds a {saved!r} run (its config.json), not a "
                           f"{stage_name!r} one; give the {stage_name} run a workdir of its own")
+
+
+def check_same_model(workdir: str, model: dict[str, Any]) -> None:
+    """Refuse, before a run rewrites its config.json, a workdir holding checkpoints of another
+    model shape than `model` (a model section; vocab_size 0 = "the tokenizer's", not checked).
+    The restore would refuse them too, but only after config.json was overwritten."""
+    path = os.path.join(workdir, "config.json")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not (os.path.isfile(path) and os.path.isdir(checkpoints)
+            and any(n.isdigit() for n in os.listdir(checkpoints))):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # (not readable: check_stage has spoken; the restore checks the arrays)
+    for key, value in model.items():
+        if key in RUNTIME_FIELDS or key not in saved or (key == "vocab_size" and not value):
+            continue
+        if saved[key] != value:
+            raise GptjaxError(
+                f"--workdir {workdir} holds checkpoints of another model shape: model.{key}="
+                f"{saved[key]} there (its config.json) but {value} in this config. Use a new "
+                "--workdir or the config this workdir was trained with (its config.json).")
 
 
 def check_language_model(workdir: str) -> None:

@@ -22,7 +22,7 @@ from gptjax.errors import GptjaxError
 from gptjax.loops import trainer
 from gptjax.model import GPTConfig
 
-RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
+RUNTIME_FIELDS = workdir_lib.RUNTIME_FIELDS
 
 
 @dataclasses.dataclass
@@ -61,6 +61,7 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> Start:
         raise GptjaxError(
             f"{workdir} was trained with another vocabulary than {config.init_from} gives "
             f"({tok_path} differs): use a new --workdir for this init model")
+    workdir_lib.check_same_model(workdir, dataclasses.asdict(cfg))
     config_lib.validate(config)
     trainer.write_run_files(config, workdir, tok)
     return Start(cfg, params, tok, base.step)
