@@ -85,13 +85,16 @@ class Checkpointer:
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.async_save = async_save
         self._saving: int | None = None  # the step of the save in flight (or the last one)
-        self._failed = False  # a save failed and was reported
         self._restored: dict[int, bool] = {}  # restored step -> whether a digest verified it
+        self._keep = keep
         _quiet_orbax_errors()
+        self.manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=True, create=True,
+            max_to_keep=self._keep, enable_async_checkpointing=True, create=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digest))
-        self.manager = ocp.CheckpointManager(
+        return ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": grain.checkpoint.CheckpointHandler()})
@@ -127,8 +130,7 @@ class Checkpointer:
         try:
             self.manager.close()
         except Exception as e:
-            if not self._failed:  # (a failure already reported is not reported again)
-                raise self._write_failed(self._saving, e) from None
+            raise self._write_failed(self._saving, e) from None
 
     def _write_digest(self) -> None:
         """orbax's post-finalization hook (process 0, background thread): the digest of the
@@ -138,12 +140,18 @@ class Checkpointer:
         digest.write(tmp if os.path.isdir(tmp) else os.path.join(self.directory, name))
 
     def _write_failed(self, step: int | None, err: BaseException) -> CheckpointWriteError:
-        """The one-line error of a save that failed, after removing its partial folder."""
-        self._failed = True
+        """The one-line error of a save that failed, after removing its partial folder. The
+        orbax manager is replaced by a fresh one: the failed save's other writes may still be
+        in flight in the old one, and would fail the next operation."""
+        try:
+            self.manager.close()  # (waits for what it still runs; its errors are this one)
+        except Exception:  # noqa: BLE001
+            pass
         name = ocp.step.standard_name_format().build_name(step) if step is not None else "?"
         tmp = os.path.join(self.directory, name + ocp.step.TMP_DIR_SUFFIX)
         if jax.process_index() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+        self.manager = self._new_manager()
         removed = ("its partial folder was removed" if not os.path.exists(tmp)
                    else f"its partial folder {tmp} could not be removed")
         kept = digest.committed_steps(self.directory)

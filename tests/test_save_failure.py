@@ -1,11 +1,12 @@
 """A checkpoint that cannot be written: one line naming the step, the folder and the cause, exit 2,
 the earlier checkpoints intact, the partial folder removed; a rerun with room continues exactly.
 
-The failure is an OSError injected into orbax's write path (async and sync saves), and, where
-this machine lets the test mount one (root), a real full disk: a tmpfs that holds the data and
-one checkpoint.
+The failure is an OSError injected into orbax's write path (through the CLI, and in-process for
+sync and async saves), and, where this machine lets the test mount one (root), a real full disk:
+a tmpfs that holds the data and one checkpoint.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -13,11 +14,15 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, TRAINED_ARGS, checkpoint_params, run_cli
+from jax.sharding import SingleDeviceSharding
 
 from gptjax import checkpoint_digest as digest
+from gptjax.checkpoint import Checkpointer
+from gptjax.errors import CheckpointWriteError
 
 TIMING = {"tokens_per_sec", "mfu"}
 # Runs `python -m gptjax.train ARGS` with every epath write under a path containing TARGET
@@ -84,12 +89,38 @@ def test_async_save_failure_is_one_line_and_a_rerun_continues(trained, tmp_path)
     assert_continues_exactly(wd, trained, after=10)
 
 
-def test_sync_save_failure_is_one_line(tmp_path):
-    wd = tmp_path / "run"
-    r = run_injected("/checkpoints/10.orbax-checkpoint-tmp/", "--config.train.async_checkpoint=False",
-                     "--workdir", str(wd))
-    assert_reported(r, wd, 10, "No space left on device")
-    assert "no earlier checkpoint exists" in r.stderr and os.listdir(wd / "checkpoints") == []
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_checkpointer_save_failure(async_save, tmp_path, monkeypatch, capfd):
+    """In-process, on a small state: the error names the step, the folder and the cause, the
+    partial folder is gone, the earlier checkpoint restores, and no traceback was printed."""
+    from etils.epath import abstract_path
+    original = abstract_path.Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if "/checkpoints/2.orbax-checkpoint-tmp/" in str(self):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(abstract_path.Path, "write_text", write_text)
+    state = {"w": jnp.arange(256, dtype=jnp.float32)}
+    ckpt = Checkpointer(str(tmp_path), async_save=async_save)
+    try:
+        ckpt.save(1, state)
+        with pytest.raises(CheckpointWriteError) as e:
+            ckpt.save(2, state)
+            ckpt.wait()
+        message = str(e.value)
+        assert f"step 2 in {tmp_path / 'checkpoints'}" in message
+        assert "No space left on device" in message and "newest: step 1" in message
+        assert os.listdir(tmp_path / "checkpoints") == ["1"]
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=SingleDeviceSharding(jax.devices()[0])), state)
+        step, restored = ckpt.restore_latest(abstract)
+        assert step == 1 and np.array_equal(restored["w"], state["w"])
+    finally:
+        ckpt.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR:absl" not in err, err[-3000:]
 
 
 def _size(path) -> int:
