@@ -11,7 +11,6 @@ the run resumes from the newest checkpoint that does and the newer ones are move
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,52 +23,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gptjax import checkpoint_digest as digest
+from gptjax import checkpoint_failure
 from gptjax.errors import CheckpointWriteError, CorruptCheckpoint, GptjaxError
 
 RESUME_MODES = ("latest", "previous")
 CORRUPT_DIR = "corrupt_checkpoints"  # under the workdir: checkpoints moved aside
 _FIX = ("rerun with --config.train.resume=previous to resume from the newest checkpoint that "
         f"verifies (this one is moved to <workdir>/{CORRUPT_DIR}/, not deleted)")
-
-
-class _QuietOrbaxErrors(logging.Filter):
-    """orbax logs a failed background save as ERROR records with tracebacks, once per thread the
-    error passes through, before the main thread sees the exception. `Checkpointer` reports
-    that exception in one line, so ERROR records logged from orbax's code are dropped. (The
-    record's own pathname is absl's logging module, so the caller is found on the stack.)"""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        frame = sys._getframe(1)
-        while frame is not None:
-            if f"{os.sep}orbax{os.sep}" in frame.f_code.co_filename:
-                return False
-            frame = frame.f_back
-        return True
-
-
-def _quiet_orbax_errors() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
-        logger.addFilter(_QuietOrbaxErrors())
-    if getattr(sys.unraisablehook, "__name__", "") != _drop_closed_loop_echoes.__name__:
-        _drop_closed_loop_echoes.previous = sys.unraisablehook
-        sys.unraisablehook = _drop_closed_loop_echoes
-
-
-def _drop_closed_loop_echoes(unraisable: Any) -> None:
-    """When a save fails in orbax's Python code while tensorstore still writes its arrays, orbax
-    closes the save's event loop; each write that completes later calls back into the closed
-    loop, and asyncio's `_check_closed` raises a RuntimeError that Python reports as
-    "unraisable", with a traceback, dozens of times. They are echoes of the failure Checkpointer
-    reports in one line: dropped. Every other unraisable exception goes to the previous hook."""
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if not (isinstance(unraisable.exc_value, RuntimeError) and tb is not None
-            and tb.tb_frame.f_code.co_name == "_check_closed"):
-        _drop_closed_loop_echoes.previous(unraisable)
 
 
 class Checkpointer:
@@ -87,7 +47,7 @@ class Checkpointer:
         self._saving: int | None = None  # the step of the save in flight (or the last one)
         self._restored: dict[int, bool] = {}  # restored step -> whether a digest verified it
         self._keep = keep
-        _quiet_orbax_errors()
+        checkpoint_failure.quiet_orbax_errors()
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -159,7 +119,7 @@ class Checkpointer:
                   else "no earlier checkpoint exists")
         resume = f"resume from step {kept[-1]}" if kept else "start again"
         return CheckpointWriteError(
-            f"could not save the checkpoint of step {step} in {self.directory}: {_cause(err)}; "
+            f"could not save the checkpoint of step {step} in {self.directory}: {checkpoint_failure.cause(err)}; "
             f"{removed} and {newest}. Free space on that disk (or fix its permissions), then "
             f"rerun the same command to {resume}.")
 
@@ -351,26 +311,6 @@ def _agree(bad: digest.Mismatch | None, names: list[str]) -> digest.Mismatch | N
     return None if first[0] == len(names) else digest.Mismatch(names[first[0]], reasons[first[1]])
 
 
-def _cause(err: BaseException) -> str:
-    """A failed save's root cause in one line: the innermost OSError of the chain if any."""
-    chain, e = [], err
-    while e is not None and all(e is not c for c in chain):
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    oserrors = [c for c in chain if isinstance(c, OSError) and c.errno]
-    best = oserrors[-1] if oserrors else chain[-1]
-    text = " ".join(str(best).split())
-    if oserrors:
-        return text[:300]
-    # tensorstore's C++ writes raise ValueError("RESOURCE_EXHAUSTED: Error writing ... No space
-    # left on device [os_error_code='28']"): lead with the OS error it carries.
-    m = re.search(r"os_error_code='(\d+)'", text)
-    if m:
-        n = int(m.group(1))
-        return f"[Errno {n}] {os.strerror(n)} (tensorstore: {text[:160]}...)"
-    return f"{type(best).__name__}: {text[:300]}"
-
-
 def _data_positions(data_dir: str) -> dict[int, str]:
     """{process index: saved iterator state} of a checkpoint's data item (grain writes one
     `process_<i>-of-<n>.json` per process); empty when there is none."""
@@ -418,8 +358,8 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
         if step is None:
             raise GptjaxError(f"{directory} holds no finished checkpoint yet; train until one is "
                               "saved (train.checkpoint_every) or pass another --workdir.")
-        ckpt.verify(step, fix=f"its training command with --config.train.resume=previous sets "
-                    "it aside and resumes from the newest checkpoint that verifies")
+        ckpt.verify(step, fix="rerun its training command with --config.train.resume=previous "
+                    "to move it aside and train on from the newest checkpoint that verifies")
         try:
             meta = ckpt.manager.item_metadata(step)["state"]
         except Exception as e:  # orbax raises many types for unreadable metadata
@@ -440,9 +380,10 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None) 
                                 abstract_params)
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            restored = checkpointer.restore(os.path.join(path, "state"), args=ocp.args.PyTreeRestore(
-                item={"params": abstract_params}, restore_args={"params": restore_args},
-                partial_restore=True))
+            restored = checkpointer.restore(
+                os.path.join(path, "state"), args=ocp.args.PyTreeRestore(
+                    item={"params": abstract_params}, restore_args={"params": restore_args},
+                    partial_restore=True))
     except Exception as e:
         raise _corrupt(directory, step, e) from None
     return step, restored["params"]

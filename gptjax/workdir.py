@@ -101,9 +101,9 @@ def check_language_model(workdir: str) -> None:
     run) before reading its parameters as one."""
     kind = stage(workdir)
     if kind not in LANGUAGE_MODEL_STAGES:
+        stages = ", ".join(LANGUAGE_MODEL_STAGES)
         raise GptjaxError(f"{workdir} is a {kind!r} workdir (its config.json), which holds no "
-                          f"language model; pass the workdir of a {', '.join(LANGUAGE_MODEL_STAGES)}"
-                          " run")
+                          f"language model; pass the workdir of a {stages} run")
 
 
 def load_host(workdir: str) -> TrainedModel:

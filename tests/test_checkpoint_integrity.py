@@ -26,9 +26,8 @@ def _state(x: float):
     return {"w": jnp.full((256,), x, jnp.float32), "n": jnp.asarray(int(x), jnp.int32)}
 
 
-ABSTRACT = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(jax.devices()[0])),
-    _state(0.0))
+ABSTRACT = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+    a.shape, a.dtype, sharding=SingleDeviceSharding(jax.devices()[0])), _state(0.0))
 
 
 def flip_bytes(path) -> None:
