@@ -82,11 +82,9 @@ def test_sft_twice_same_metrics(trained, copy_task, tmp_path):
 def test_reward_twice_same_metrics(trained, copy_task, tmp_path):
     a, b = _twice(tmp_path, *TRAINED_ARGS[:4], *SHORT, "--config.stage=reward",
                   f"--config.init_from={trained}", f"--config.data.mixture={copy_task[1]}",
-                  "--config.reward.normalize_prompts=4",
-                  "--config.reward.normalize_max_new_tokens=4")
+                  "--config.reward.normalize_prompts=0")  # (sampling: PPO's test covers it)
     assert len(_values(a)) == 6 and _values(a) == _values(b)
-    for name in ("reward_eval.json", "reward_normalization.json"):
-        assert _json(a, name) == _json(b, name)
+    assert _json(a, "reward_eval.json") == _json(b, "reward_eval.json")
 
 
 def test_ppo_twice_same_metrics(workdirs, tmp_path):  # noqa: F811 (the imported fixture)
