@@ -91,7 +91,7 @@ def check_same_model(workdir: str, model: dict[str, Any]) -> None:
             continue
         if saved[key] != value:
             raise GptjaxError(
-                f"--workdir {workdir} holds checkpoints of another model shape: model.{key}="
+                f"--workdir {workdir} holds checkpoints of a different model shape: model.{key}="
                 f"{saved[key]} there (its config.json) but {value} in this config. Use a new "
                 "--workdir or the config this workdir was trained with (its config.json).")
 
