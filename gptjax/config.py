@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 3
     c.train.async_checkpoint = True
+    # Which checkpoint a rerun resumes from: "latest" = the newest, refused (nothing touched) if
+    # it fails its digest; "previous" = the newest one that verifies, the newer ones moved to
+    # <workdir>/corrupt_checkpoints/ (gptjax/checkpoint.py).
+    c.train.resume = "latest"
     c.train.progress = True  # progress bar on stderr
 
     c.optim = ml_collections.ConfigDict()
@@ -206,11 +210,72 @@ def seq_len(config: ml_collections.ConfigDict) -> int:
     return int(config.data.seq_len) or int(config.model.block_size)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks that need no devices or data; raises GptjaxError naming the key and the fix."""
+# Counts that must be >= 1 (or >= 0), as (section, key); checked by `validate`.
+POSITIVE = (("train", "steps"), ("train", "batch_size"), ("train", "grad_accum"),
+            ("train", "log_every"), ("train", "eval_every"), ("train", "eval_batches"),
+            ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+            ("optim", "decay_steps"), ("reward", "normalize_max_new_tokens"))
+NON_NEGATIVE = (("seed",), ("data", "seq_len"), ("data", "max_examples"),
+                ("optim", "warmup_steps"), ("optim", "lr"), ("optim", "min_lr"),
+                ("optim", "weight_decay"), ("optim", "grad_clip"),
+                ("reward", "normalize_prompts"), ("ppo", "max_prompt_tokens"), ("ppo", "top_k"))
+MODEL_POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
+
+
+def _key(config: ml_collections.ConfigDict, path: tuple[str, ...]) -> Any:
+    node = config
+    for p in path:
+        node = node[p]
+    return node
+
+
+def validate_counts(config: ml_collections.ConfigDict) -> None:
+    """Counts and rates that must be positive (or non-negative), and the resume switch."""
+    for path, low in [(p, 1) for p in POSITIVE] + [(p, 0) for p in NON_NEGATIVE]:
+        value = _key(config, path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise GptjaxError(f"{'.'.join(path)}={value!r} must be a number >= {low}; fix "
+                              f"--config.{'.'.join(path)}")
+    resume = config.train.resume
+    if resume not in ("latest", "previous"):
+        raise GptjaxError(f"train.resume={resume!r}: use latest (the newest checkpoint, which must "
+                          "verify) or previous (the newest one that verifies)")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise GptjaxError(f"model.dropout={config.model.dropout} must be in [0, 1)")
+    if config.runtime.cpu_devices < -1:
+        raise GptjaxError(f"runtime.cpu_devices={config.runtime.cpu_devices}: use 0 (XLA's one "
+                          "device), -1 (one per core) or a count")
+
+
+def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
+    """Checks that need no devices or data; raises GptjaxError naming the key and the fix.
+    `shape=False` skips the model-shape checks (a fine-tuning stage takes its shape from
+    init_from, so they run again once it is known)."""
     if config.stage not in STAGES:
         raise GptjaxError(f"stage={config.stage!r} is unknown; stages are {STAGES}")
+    validate_counts(config)
+    if shape:
+        validate_model(config)
+    t = config.train
+    if t.batch_size % t.grad_accum:
+        raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
+                          f"train.grad_accum={t.grad_accum}")
+    if not 0.0 < config.data.val_fraction < 1.0:
+        raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    if config.stage == "prepare":
+        validate_prepare(config.prepare)
+    if config.stage == "ppo":
+        validate_ppo(config, shape)
+
+
+def validate_model(config: ml_collections.ConfigDict) -> None:
+    """The model section's checks."""
     m = config.model
+    for key in MODEL_POSITIVE:
+        if not m[key] >= 1:
+            raise GptjaxError(f"model.{key}={m[key]} must be >= 1")
+    if m.vocab_size < 0:
+        raise GptjaxError(f"model.vocab_size={m.vocab_size} must be >= 0 (0 = the tokenizer's)")
     if m.n_embd % m.n_head:
         raise GptjaxError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
     if m.activation not in ("gelu_tanh", "gelu"):
@@ -222,19 +287,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
-    t = config.train
-    if t.batch_size <= 0 or t.batch_size % t.grad_accum:
-        raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
-                          f"train.grad_accum={t.grad_accum}")
-    if not 0.0 < config.data.val_fraction < 1.0:
-        raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
-    if config.stage == "prepare":
-        validate_prepare(config.prepare)
-    if config.stage == "ppo":
-        validate_ppo(config)
 
 
-def validate_ppo(config: ml_collections.ConfigDict) -> None:
+def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     """The ppo section's checks that need no workdir."""
     p = config.ppo  # (ppo.reward_from is checked by the stage: config files leave it empty)
     if p.batch_prompts < 1 or p.samples_per_prompt < 1 or p.epochs < 1:
@@ -244,7 +299,7 @@ def validate_ppo(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"ppo.num_minibatches={p.num_minibatches} must divide the "
                           f"{rows} sequences of an iteration (batch_prompts x samples_per_prompt)")
     room = config.model.block_size - p.max_new_tokens
-    if p.max_new_tokens < 1 or room < 1 or p.max_prompt_tokens > room:
+    if p.max_new_tokens < 1 or (shape and (room < 1 or p.max_prompt_tokens > room)):
         raise GptjaxError(
             f"ppo.max_new_tokens={p.max_new_tokens} + ppo.max_prompt_tokens="
             f"{p.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
@@ -258,6 +313,9 @@ def validate_ppo(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"ppo.kl_kind={p.kl_kind!r}: use one of {losses.KL_KINDS}")
     if p.target_kl < 0 or p.init_kl_coef < 0:
         raise GptjaxError("ppo.target_kl and ppo.init_kl_coef must be >= 0")
+    if not p.temperature > 0 or not 0.0 < p.top_p <= 1.0:
+        raise GptjaxError(f"ppo.temperature={p.temperature} must be > 0 and ppo.top_p="
+                          f"{p.top_p} in (0, 1]: PPO samples from the policy itself")
 
 
 def validate_prepare(p: ml_collections.ConfigDict) -> None:

@@ -52,12 +52,17 @@ def checkpoint_params(workdir, step):
     return jax.tree.map(np.asarray, state.params)
 
 
+# The command of the `trained` workdir (tests rerun it to compare against it).
+TRAINED_ARGS = ("gptjax.train", "--config", "configs/tiny.py", "--config.train.progress=False",
+                "--config.train.steps=30")
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A workdir trained for 30 steps with configs/tiny.py (for the sample and chat commands)."""
+    """A workdir trained for 30 steps with configs/tiny.py (checkpoints 10, 20, 30; metrics every
+    5 steps), for the sample and chat commands and as an uninterrupted reference run."""
     wd = tmp_path_factory.mktemp("trained") / "run"
-    r = run_cli("gptjax.train", "--config", "configs/tiny.py", "--config.train.progress=False",
-                "--config.train.steps=30", "--workdir", str(wd))
+    r = run_cli(*TRAINED_ARGS, "--workdir", str(wd))
     assert r.returncode == 0, r.stderr
     return str(wd)
 

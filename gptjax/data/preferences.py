@@ -114,30 +114,46 @@ READERS: dict[str, Callable[[str], list[Preference]]] = {
 
 
 def read_source(name: str, root: str) -> list[Preference]:
-    if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
-        return read_jsonl(name)
-    if name not in READERS:
-        raise GptjaxError(f"data.mixture names unknown preference data {name!r}; known: "
-                          f"{sorted(READERS)} or a path to a .jsonl file")
-    return READERS[name](root)
+    """The records of `name` (a data set under `root`, or a .jsonl file); a damaged or
+    unexpected file is one GptjaxError naming it."""
+    try:
+        if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
+            return read_jsonl(name)
+        if name not in READERS:
+            raise GptjaxError(f"data.mixture names unknown preference data {name!r}; known: "
+                              f"{sorted(READERS)} or a path to a .jsonl file")
+        return READERS[name](root)
+    except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
+        # (json errors, UnicodeDecodeError: ValueErrors; Key/Type/AttributeError: records of
+        # another shape, e.g. a JSON line that is a list)
+        raise GptjaxError(f"preference data {name} (data.root={root}) cannot be read "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def _need(path: str) -> str:
-    if not os.path.exists(path):
-        raise GptjaxError(f"data file {path} does not exist; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data)")
+    if not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
+                          "holding the data sets (the repository's ../shared/data), or name a "
+                          ".jsonl file in data.mixture")
     return path
 
 
 def _jsonl(path: str):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(_need(path), "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError as e:
-                    raise GptjaxError(f"{path} line {i} is not JSON ({e})") from None
+        i = 0
+        try:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as e:
+                        raise GptjaxError(f"{path} line {i} is not JSON ({e})") from None
+        except (UnicodeDecodeError, EOFError, OSError) as e:  # (gzip: a damaged stream)
+            what = "is not UTF-8" if isinstance(e, UnicodeDecodeError) else "cannot be read"
+            raise GptjaxError(f"data file {path} {what} (line {i + 1}: {e}); convert or "
+                              "replace it") from None
 
 
 def answer_ids(prompt: Conversation, answer: str, tok: Tokenizer, seq_len: int) -> np.ndarray:

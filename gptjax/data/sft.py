@@ -30,10 +30,22 @@ Example = tuple[np.ndarray, np.ndarray]  # (ids (L,), loss mask (L,))
 
 
 def _need(path: str) -> str:
-    if not os.path.exists(path):
-        raise GptjaxError(f"data file {path} does not exist; set --config.data.root to the folder "
+    if not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
                           "holding the data sets (the repository's ../shared/data)")
     return path
+
+
+def read_source(name: str, root: str) -> list[Conversation]:
+    """The conversations of the data set `name` under `root`; a damaged file is one error."""
+    try:
+        return READERS[name](root)
+    except (ValueError, KeyError, TypeError, EOFError, OSError) as e:  # (UnicodeDecodeError,
+        # json.JSONDecodeError are ValueErrors; KeyError/TypeError: records of another shape)
+        raise GptjaxError(f"data set {name} under data.root={root} cannot be read "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); replace its "
+                          "files with the original ones") from None
 
 
 def read_hh_rlhf_chosen(root: str) -> list[Conversation]:
@@ -248,7 +260,7 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
     train, weights, val, stats = [], [], [], {}
     for name, weight in parse_mixture(mixture):
         # Split the usable conversations, so the held-out part never ends up all unusable.
-        usable, stats[name] = tokenize(READERS[name](root), tok, seq_len + 1)
+        usable, stats[name] = tokenize(read_source(name, root), tok, seq_len + 1)
         tr, va = split(usable, val_fraction)
         if tr:  # a source with nothing usable is reported in the stats and left out
             train.append([ex for _, ex in tr])
