@@ -39,12 +39,16 @@ def base_config() -> ml_collections.ConfigDict:
     # A `prepare` stage's workdir (or its prepared/ folder): pretrain on its token shards with
     # its tokenizer instead of text_path's characters.
     c.data.prepared_dir = ""
-    # sft / reward: the folder holding the data sets, and which of them to use with what weight
-    c.data.root = "../shared/data"
+    # sft / reward / ppo: the folder holding the named data sets ("" = the small subsets shipped
+    # in the package, gptjax/data/shipped.py; e.g. ../shared/data for the full sets), and which
+    # of them to use with what weight
+    c.data.root = ""
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
     # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
     c.data.mixture = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
+    c.data.skip_examples = 0  # reward: records of each data set skipped before that cap (so two
+    # reward models can learn from disjoint parts of one set: a judge and the one PPO optimises)
 
     c.reward = ml_collections.ConfigDict()
     # After training, subtract the mean reward of the init model's own answers to this many
@@ -216,7 +220,7 @@ POSITIVE = (("train", "steps"), ("train", "batch_size"), ("train", "grad_accum")
             ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
             ("optim", "decay_steps"), ("reward", "normalize_max_new_tokens"))
 NON_NEGATIVE = (("seed",), ("data", "seq_len"), ("data", "max_examples"),
-                ("optim", "warmup_steps"), ("optim", "lr"), ("optim", "min_lr"),
+                ("data", "skip_examples"), ("optim", "warmup_steps"), ("optim", "lr"), ("optim", "min_lr"),
                 ("optim", "weight_decay"), ("optim", "grad_clip"),
                 ("reward", "normalize_prompts"), ("ppo", "max_prompt_tokens"), ("ppo", "top_k"))
 MODEL_POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")

@@ -14,7 +14,6 @@ comparisons each) and a generic JSONL ({"prompt", "answers", "ranks"} or {"promp
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
+from gptjax.data import shipped
 from gptjax.data.chat import Conversation, parse_human_assistant, render
 from gptjax.data.sft import split
 from gptjax.data.tokenizer import Tokenizer
@@ -69,7 +69,7 @@ def read_finegrained(root: str) -> list[Preference]:
     (1vs2, 1vs3, 1vs4, 2vs3, 2vs4, 3vs4: 1 = first better, 2 = second, 0 = no preference).
     The comparisons are used directly, so non-transitive judgements need no ranking."""
     path = os.path.join(root, "finegrained-rlhf-qa-feedback", "dev_feedback.json")
-    with open(_need(path), encoding="utf-8") as f:
+    with shipped.open_text(path) as f:
         data = json.load(f)
     order = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     out = []
@@ -122,7 +122,7 @@ def read_source(name: str, root: str) -> list[Preference]:
         if name not in READERS:
             raise GptjaxError(f"data.mixture names unknown preference data {name!r}; known: "
                               f"{sorted(READERS)} or a path to a .jsonl file")
-        return READERS[name](root)
+        return READERS[name](shipped.data_root(root))
     except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
         # (json errors, UnicodeDecodeError: ValueErrors; Key/Type/AttributeError: records of
         # another shape, e.g. a JSON line that is a list)
@@ -130,18 +130,8 @@ def read_source(name: str, root: str) -> list[Preference]:
                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
-def _need(path: str) -> str:
-    if not os.path.isfile(path):
-        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
-        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data), or name a "
-                          ".jsonl file in data.mixture")
-    return path
-
-
 def _jsonl(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(_need(path), "rt", encoding="utf-8") as f:
+    with shipped.open_text(path) as f:
         i = 0
         try:
             for i, line in enumerate(f, 1):
@@ -202,7 +192,9 @@ class RewardData:
 
 
 def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float,
-         max_examples: int = 0) -> RewardData:
+         max_examples: int = 0, skip_examples: int = 0) -> RewardData:
+    """The encoded records of each data set of the mixture: records [skip, skip + max) of each
+    (max 0 = to the end), split into training and held-out parts."""
     names = [n.strip() for n in mixture.split(",") if n.strip()]
     if not names:
         raise GptjaxError("data.mixture is empty; name preference data, e.g. 'hh-rlhf' or "
@@ -211,6 +203,7 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
     k_max = max(len(r.answers) for recs in raw.values() for r in recs)
     data = RewardData([], [], [], k_max, {})
     for name, recs in raw.items():
+        recs = recs[skip_examples:]
         if max_examples:
             recs = recs[:max_examples]
         # Split the encodable records, so the held-out part never ends up all unusable.

@@ -1,7 +1,8 @@
 """SFT data: the shipped dialogue sets -> conversations -> rendered, packed (B, T+1) batches.
 
-Readers turn each data set of `../shared/data` into conversations (lists of role/content
-turns). A mixture string such as "topical-chat:1,gsm8k:0.5" names the sources and their
+Readers turn each data set under `data.root` ("" = the subsets shipped in the package,
+gptjax/data/shipped.py; ../shared/data has the full sets) into conversations (lists of
+role/content turns). A mixture string such as "topical-chat:1,gsm8k:0.5" names the sources and their
 sampling weights. Every conversation is rendered by `gptjax.data.chat.render` and cut to the
 longest prefix of whole turns that fits the window and ends with an assistant turn. The grain
 pipeline mixes the sources by weight (`MapDataset.mix`), shuffles per epoch, gives each process
@@ -13,7 +14,6 @@ conversation, so attention never crosses from one conversation into another.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import random
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
+from gptjax.data import shipped
 from gptjax.data.chat import Conversation, parse_human_assistant, render
 from gptjax.data.tokenizer import Tokenizer
 from gptjax.errors import GptjaxError
@@ -29,18 +30,10 @@ from gptjax.errors import GptjaxError
 Example = tuple[np.ndarray, np.ndarray]  # (ids (L,), loss mask (L,))
 
 
-def _need(path: str) -> str:
-    if not os.path.isfile(path):
-        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
-        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data)")
-    return path
-
-
 def read_source(name: str, root: str) -> list[Conversation]:
     """The conversations of the data set `name` under `root`; a damaged file is one error."""
     try:
-        return READERS[name](root)
+        return READERS[name](shipped.data_root(root))
     except (ValueError, KeyError, TypeError, EOFError, OSError) as e:  # (UnicodeDecodeError,
         # json.JSONDecodeError are ValueErrors; KeyError/TypeError: records of another shape)
         raise GptjaxError(f"data set {name} under data.root={root} cannot be read "
@@ -50,8 +43,8 @@ def read_source(name: str, root: str) -> list[Conversation]:
 
 def read_hh_rlhf_chosen(root: str) -> list[Conversation]:
     """hh-rlhf harmless-base: the human-preferred ('chosen') transcript of each pair."""
-    path = _need(os.path.join(root, "hh-rlhf-harmless-base-test", "test.jsonl.gz"))
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    path = os.path.join(root, "hh-rlhf-harmless-base-test", "test.jsonl.gz")
+    with shipped.open_text(path) as f:
         return [parse_human_assistant(json.loads(line)["chosen"]) for line in f if line.strip()]
 
 
@@ -65,7 +58,7 @@ def read_topical_chat(root: str) -> list[Conversation]:
     """Topical-Chat (knowledge-grounded chit-chat between two crowd workers)."""
     out = []
     for name in ("valid_freq", "valid_rare", "test_freq", "test_rare"):
-        with open(_need(os.path.join(root, "topical-chat", f"{name}.json")), encoding="utf-8") as f:
+        with shipped.open_text(os.path.join(root, "topical-chat", f"{name}.json")) as f:
             data = json.load(f)
         for key in sorted(data):
             out.append(_alternating([t["message"] for t in data[key]["content"]]))
@@ -77,8 +70,7 @@ def read_kdconv(root: str) -> list[Conversation]:
     out = []
     for domain in ("film", "music", "travel"):
         for split in ("dev", "test"):
-            path = _need(os.path.join(root, "kdconv", domain, f"{split}.json"))
-            with open(path, encoding="utf-8") as f:
+            with shipped.open_text(os.path.join(root, "kdconv", domain, f"{split}.json")) as f:
                 for conv in json.load(f):
                     out.append(_alternating([m["message"] for m in conv["messages"]]))
     return out
@@ -87,7 +79,7 @@ def read_kdconv(root: str) -> list[Conversation]:
 def read_gsm8k(root: str) -> list[Conversation]:
     """GSM8K train split: the question as the user turn, the worked answer as the reply."""
     out = []
-    with open(_need(os.path.join(root, "gsm8k", "train.jsonl")), encoding="utf-8") as f:
+    with shipped.open_text(os.path.join(root, "gsm8k", "train.jsonl")) as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
@@ -99,8 +91,7 @@ def read_gsm8k(root: str) -> list[Conversation]:
 def read_self_instruct(root: str) -> list[Conversation]:
     """Self-Instruct's 175 human-written seed tasks: instruction (+ input) -> output."""
     out = []
-    path = _need(os.path.join(root, "self-instruct", "seed_tasks.jsonl"))
-    with open(path, encoding="utf-8") as f:
+    with shipped.open_text(os.path.join(root, "self-instruct", "seed_tasks.jsonl")) as f:
         for line in f:
             if not line.strip():
                 continue

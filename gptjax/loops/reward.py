@@ -55,7 +55,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     s = finetune.start(config, workdir)
     tcfg, seq_len = config.train, config_lib.seq_len(config)
     data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
-                            config.data.val_fraction, config.data.max_examples)
+                            config.data.val_fraction, config.data.max_examples,
+                            config.data.skip_examples)
     workdir_lib.write_json(workdir, "data_stats.json", data.stats)
     model = RewardModel(s.cfg)
 
