@@ -16,7 +16,7 @@ from gptjax import axes, losses
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "pipeline")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 
 
