@@ -22,7 +22,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,16 +54,13 @@ def prompt_tokens(spec: dict[str, Any], batch: int) -> np.ndarray:
                         dtype=np.int32)
 
 
-def init_params(cfg: GPTConfig) -> dict[str, Any]:
-    """Random policy and reward model; the reference and the critic start as their copies
-    (the `ppo` stage's start: SFT policy = reference, critic = reward model)."""
+def init_params(cfg: GPTConfig) -> tuple[Any, Any]:
+    """Random (policy, reward model) parameters, seed 0."""
     import flax.linen as nn
     k1, k2 = jax.random.split(jax.random.key(0))
     tokens = jnp.zeros((1, 8), jnp.int32)
-    policy = nn.unbox(GPT(cfg).init(k1, tokens)["params"])
-    reward = nn.unbox(ValueModel(cfg).init(k2, tokens)["params"])
-    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
-    return {"policy": policy, "ref": copy(policy), "value": copy(reward), "reward": reward}
+    return (nn.unbox(GPT(cfg).init(k1, tokens)["params"]),
+            nn.unbox(ValueModel(cfg).init(k2, tokens)["params"]))
 
 
 def settings(spec: dict[str, Any]) -> tuple[rollout.RolloutConfig, ppo.PPOConfig, Any]:
@@ -98,13 +96,24 @@ def record(out: dict[str, Any], name: str, wall_cpu: tuple[float, float]) -> Non
     out.setdefault(f"{name}_cpu_s", []).append(wall_cpu[1])
 
 
-def run_iterations(spec: dict[str, Any]) -> dict[str, Any]:
+class Iteration(NamedTuple):
+    """One PPO iteration of a spec, two ways: `fused(state, key)` one jitted program (what the
+    `ppo` stage runs), `split(state, key)` three (rollout, scoring, update), each waited for and
+    timed. Both -> (state, metrics[, {phase: (wall, cpu)}]); state = (train, opt_state, kl)."""
+
+    fused: Callable
+    split: Callable
+    initial_state: Callable
+    cfg: GPTConfig
+
+
+def build(spec: dict[str, Any]) -> Iteration:
     cfg = model_config(spec)
     rc, hp, tx = settings(spec)
     b, n = spec["prompts"], rc.max_new_tokens
     rows = b * rc.samples_per_prompt
-    p = init_params(cfg)
-    frozen = {"ref": p["ref"], "reward": p["reward"]}
+    policy, reward = init_params(cfg)
+    frozen = {"ref": policy, "reward": reward}  # frozen; the trained pair starts as copies
     prompts = jnp.asarray(prompt_tokens(spec, b))
     lengths = jnp.full((b,), spec["prompt_len"], jnp.int32)
     loss_fn = ppo.make_loss_fn(rollout.make_forward(cfg, cfg, n), hp)
@@ -116,7 +125,6 @@ def run_iterations(spec: dict[str, Any]) -> dict[str, Any]:
         return train, opt_state, ppo.update_kl(kl, stats["kl"], rows), m
 
     def iteration(train, opt_state, kl, frozen, prompts, lengths, key):
-        """What the ppo stage's iteration does, in one program."""
         k_rollout, k_update = jax.random.split(key)
         params = rollout.RolloutParams(train["policy"], frozen["ref"], train["value"],
                                        frozen["reward"])
@@ -125,67 +133,68 @@ def run_iterations(spec: dict[str, Any]) -> dict[str, Any]:
         train, opt_state, kl, m = update(train, opt_state, kl, batch, stats, k_update)
         return train, opt_state, kl, {**stats, **m}
 
-    def sample(policy, prompts, lengths, key):
-        return rollout.sample(policy, cfg, prompts, lengths, key, rc)
-
     def score(train, frozen, samples, beta):
         params = rollout.RolloutParams(train["policy"], frozen["ref"], train["value"],
                                        frozen["reward"])
         r = rollout.evaluate(params, samples, cfg, cfg, cfg, rc)
         return rollout.to_transitions(r, beta, hp)
 
-    fused = jax.jit(iteration, donate_argnums=(0, 1))
-    sample_j, score_j = jax.jit(sample), jax.jit(score)
+    iteration_j = jax.jit(iteration, donate_argnums=(0, 1))
+    sample_j = jax.jit(lambda pol, pr, ln, key: rollout.sample(pol, cfg, pr, ln, key, rc))
+    score_j = jax.jit(score)
     update_j = jax.jit(update, donate_argnums=(0, 1))
 
-    # One training state, advanced by both forms in turn (the iterations donate it, so a second
-    # copy would double the memory, which at 124M is gigabytes).
-    train = {"policy": p.pop("policy"), "value": p.pop("value")}
-    state = (train, tx.init(train), ppo.adaptive_kl(0.2, 6.0, 10000.0))
-    base = jax.random.key(1)
-    out: dict[str, Any] = {}
-    compile_s = {}
+    def fused(state, key):
+        train, opt, kl, m = iteration_j(*state, frozen, prompts, lengths, key)
+        return block((train, opt, kl)), block(m)
 
-    def run_fused(i):
-        nonlocal state
+    def split(state, key):
         train, opt, kl = state
-        train, opt, kl, m = fused(train, opt, kl, frozen, prompts, lengths,
-                                  jax.random.fold_in(base, i))
-        state = block((train, opt, kl))
-        return block(m)
-
-    def run_split(i):
-        nonlocal state
-        train, opt, kl = state
-        k_rollout, k_update = jax.random.split(jax.random.fold_in(base, i))
+        k_rollout, k_update = jax.random.split(key)
         t = now()
         samples = block(sample_j(train["policy"], prompts, lengths, k_rollout))
-        t_rollout, t = since(t), now()
+        times, t = {"rollout": since(t)}, now()
         batch, stats = block(score_j(train, frozen, samples, kl.beta))
-        t_scoring, t = since(t), now()
+        times["scoring"], t = since(t), now()
         train, opt, kl, m = block(update_j(train, opt, kl, batch, stats, k_update))
-        t_update = since(t)
-        state = (train, opt, kl)
-        return {"rollout": t_rollout, "scoring": t_scoring, "update": t_update}
+        times["update"] = since(t)
+        return (train, opt, kl), {**stats, **m}, times
 
+    def initial_state():
+        """The start of the `ppo` stage: policy = reference, critic = reward model (copies)."""
+        train = {"policy": jax.tree.map(jnp.copy, policy),
+                 "value": jax.tree.map(jnp.copy, reward)}
+        return train, tx.init(train), ppo.adaptive_kl(0.2, 6.0, 10000.0)
+
+    return Iteration(fused, split, initial_state, cfg)
+
+
+def run_iterations(spec: dict[str, Any]) -> dict[str, Any]:
+    """Warm-up (compile), then spec['iters'] timed iterations of each form, alternating on one
+    training state (a second copy would double the memory: gigabytes at 124M)."""
+    it = build(spec)
+    state = it.initial_state()
+    base = jax.random.key(1)
+    out: dict[str, Any] = {}
     t = now()
-    first = run_fused(0)
-    compile_s["fused"] = since(t)[0]
+    state, first = it.fused(state, jax.random.fold_in(base, 0))
+    compile_fused = since(t)[0]
     t = now()
-    run_split(0)
-    compile_s["split"] = since(t)[0]
+    state, _, _ = it.split(state, jax.random.fold_in(base, 0))
+    compile_split = since(t)[0]
     for i in range(1, spec["iters"] + 1):
         t = now()
-        last = run_fused(i)
+        state, last = it.fused(state, jax.random.fold_in(base, i))
         record(out, "fused", since(t))
-        for phase, wall_cpu in run_split(i).items():
+        state, _, times = it.split(state, jax.random.fold_in(base, i))
+        for phase, wall_cpu in times.items():
             record(out, phase, wall_cpu)
     split = [sum(x) for x in zip(out["rollout_s"], out["scoring_s"], out["update_s"])]
-    out["compile_s"] = {"fused": compile_s["fused"] - statistics.median(out["fused_s"]),
-                        "split": compile_s["split"] - statistics.median(split)}
+    out["compile_s"] = {"fused": compile_fused - statistics.median(out["fused_s"]),
+                        "split": compile_split - statistics.median(split)}
     out["metrics_first"] = {k: float(v) for k, v in first.items()}
     out["metrics_last"] = {k: float(v) for k, v in last.items()}
-    out["params"] = cfg.num_params(non_embedding=False)
+    out["params"] = it.cfg.num_params(non_embedding=False)
     out["jax"] = jax.__version__
     return out
 
@@ -195,7 +204,7 @@ def run_loop(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = model_config(spec)
     rc, _, _ = settings(spec)
     b, k, n = spec["prompts"], rc.samples_per_prompt, rc.max_new_tokens
-    policy = init_params(cfg)["policy"]
+    policy, _ = init_params(cfg)
     prompts_np = prompt_tokens(spec, b)
     prompts = jnp.asarray(prompts_np)
     lengths = jnp.full((b,), spec["prompt_len"], jnp.int32)
