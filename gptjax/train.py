@@ -27,6 +27,13 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
                               "multi-process launcher or coordinator flags")
         from gptjax.loops import prepare
         return prepare.run(config, workdir)
+    if config.stage == "eval":  # one process, one device: nothing is trained
+        if distributed.is_multiprocess(dist):
+            raise GptjaxError("stage 'eval' runs as one process: start it once, without the "
+                              "multi-process launcher or coordinator flags")
+        runtime.configure_cpu_devices(config.runtime.cpu_devices, config.eval.batch_size)
+        from gptjax.loops import eval as eval_loop
+        return eval_loop.run(config, workdir)
     # Both before any JAX backend starts: XLA's host device count (per process) and the
     # distributed runtime, which the backends need to see every process's devices.
     rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits

@@ -63,11 +63,13 @@ def load_model(workdir: str, what: str = "eval.a") -> Model:
     return Model(workdir, trained)
 
 
-def prompt_width(model: Model, max_new_tokens: int) -> int:
+def prompt_width(model: Model, max_new_tokens: int, key: str = "max_new_tokens") -> int:
+    """The prompt tokens left beside max_new_tokens answer slots; `key` names the setting in
+    the error."""
     width = model.trained.cfg.block_size - max_new_tokens
     if width < 2:
         raise GptjaxError(
-            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+            f"{key}={max_new_tokens} leaves no room for a prompt in the "
             f"{model.trained.cfg.block_size}-token context of {model.name}; lower it")
     return width
 

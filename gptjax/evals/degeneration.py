@@ -14,6 +14,7 @@ be one "word").
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -39,7 +40,8 @@ def distinct_n(answers: Sequence[str], n: int,
         distinct-n = |∪_a {n-grams of a}| / Σ_a (#n-grams of a)
 
     1.0 = no n-gram ever repeats (within or across answers); a collapsed policy that gives the
-    same answer to every prompt drives it towards 1 / #answers. 0.0 when no answer has n words.
+    same answer to every prompt drives it towards 1 / #answers. nan when no answer has n words
+    (one-word answers have no bigrams: that is not a lack of variety).
     """
     seen: set[tuple[str, ...]] = set()
     total = 0
@@ -47,7 +49,7 @@ def distinct_n(answers: Sequence[str], n: int,
         grams = ngrams(tokenize(a), n)
         seen.update(grams)
         total += len(grams)
-    return len(seen) / total if total else 0.0
+    return len(seen) / total if total else math.nan
 
 
 def repeated_ngram_share(answers: Sequence[str], n: int = 4,
