@@ -16,7 +16,7 @@ from gptjax import axes, losses
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 
 
@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.normalize_max_new_tokens = 64
 
     c.ppo = ppo_config()
+    c.eval = eval_config()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -143,6 +144,49 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.target_kl = 6.0  # adaptive beta aims the per-sequence KL here; 0 = beta fixed
     p.kl_horizon = 10000.0  # adaptive controller horizon (sequences)
     return p
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Stage `eval` (gptjax/loops/eval.py): each task on or off; workdirs are left empty in
+    config files and given on the command line (`--config.eval.a=runs/ppo`)."""
+    e = ml_collections.ConfigDict()
+    e.a = ""  # model A: an sft / ppo workdir (the one whose win rate is reported)
+    e.b = ""  # model B: the baseline it is compared with (e.g. the SFT workdir)
+    e.judge = ""  # a `reward` workdir that scores A's and B's answers by their text
+    e.base = ""  # a pretrained workdir: the answers' perplexity under it (fluency); "" = off
+    e.models = ""  # comma-separated workdirs for perplexity and GSM8K; "" = eval.a and eval.b
+    e.batch_size = 16  # rows per generate / scoring call
+    e.perplexity = ml_collections.ConfigDict(dict(
+        enabled=False,
+        # exactly one source: a text file, a `prepare` run's validation shards, or the
+        # held-out split (data.val_fraction, data.root) of an SFT mixture, assistant tokens only
+        text_path="", prepared_dir="", sft_mixture="",
+        max_tokens=200_000,  # cap on scored tokens of a text / shards source (0 = all)
+    ))
+    e.reward_accuracy = ml_collections.ConfigDict(dict(
+        enabled=False,
+        workdir="",  # the reward workdir; "" = eval.judge
+        mixture="hh-rlhf",  # preference sets (names or .jsonl paths), comma-separated
+        split="heldout",  # "heldout": the reward run's own held-out part; "all": every record
+    ))
+    e.win_rate = ml_collections.ConfigDict(dict(
+        enabled=False,
+        prompts="vicuna",  # mt-bench (first turns), vicuna, hh-rlhf (held-out), or a .jsonl
+        max_prompts=0,  # the first n distinct prompts (0 = all)
+        samples_per_prompt=1,  # answers per prompt and model; sample j of A meets sample j of B
+        max_new_tokens=128, temperature=0.7, top_k=0, top_p=1.0,  # the same for A and B
+        tie_margin=0.0,  # |score_A - score_B| <= margin is a tie
+        length_tolerance=0.1,  # length-matched: |len_A - len_B| <= tol * max (characters)
+        bootstrap=2000,  # resamplings of the prompts for the 95% interval
+        table_rows=5,  # prompts in the side-by-side table
+    ))
+    e.gsm8k = ml_collections.ConfigDict(dict(
+        enabled=False,
+        path="",  # a GSM8K .jsonl; "" = <data.root>/gsm8k/test.jsonl
+        max_questions=100,  # the first n test questions (0 = all), answered greedily
+        max_new_tokens=256,
+    ))
+    return e
 
 
 def prepare_config() -> ml_collections.ConfigDict:
@@ -266,6 +310,8 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
         validate_prepare(config.prepare)
     if config.stage == "ppo":
         validate_ppo(config, shape)
+    if config.stage == "eval":
+        validate_eval(config.eval)
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
@@ -287,6 +333,28 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+def validate_eval(e: ml_collections.ConfigDict) -> None:
+    """The eval section's checks that need no workdir (workdirs are checked by the stage)."""
+    tasks = ("perplexity", "reward_accuracy", "win_rate", "gsm8k")
+    if not any(e[t].enabled for t in tasks):
+        raise GptjaxError(f"stage eval has no task: enable one of {tasks}, e.g. "
+                          "--config.eval.win_rate.enabled=True")
+    p = e.perplexity
+    if p.enabled and sum(bool(x) for x in (p.text_path, p.prepared_dir, p.sft_mixture)) != 1:
+        raise GptjaxError("eval.perplexity needs exactly one of text_path, prepared_dir and "
+                          "sft_mixture")
+    if e.reward_accuracy.split not in ("heldout", "all"):
+        raise GptjaxError(f"eval.reward_accuracy.split={e.reward_accuracy.split!r}: use heldout "
+                          "or all")
+    w = e.win_rate
+    if w.samples_per_prompt < 1 or w.max_new_tokens < 1 or w.bootstrap < 1:
+        raise GptjaxError("eval.win_rate.samples_per_prompt, max_new_tokens and bootstrap must "
+                          "be >= 1")
+    if w.temperature < 0 or not 0 < w.top_p <= 1 or w.top_k < 0 or w.tie_margin < 0:
+        raise GptjaxError("eval.win_rate: temperature, top_k and tie_margin must be >= 0 and "
+                          "top_p in (0, 1]")
+    if e.gsm8k.max_new_tokens < 1 or e.batch_size < 1:
+        raise GptjaxError("eval.gsm8k.max_new_tokens and eval.batch_size must be >= 1")
 
 
 def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
