@@ -87,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
+    # Where fsdp-sharded weights are gathered (gptjax/step.py make_train_step): "per_step" =
+    # once per optimizer step, held through the accumulation (one whole parameter copy per device,
+    # plus a whole gradient for the LM loss, which is then reduced once per step);
+    # "per_micro_step" = in every micro-step's forward and backward (least memory).
+    c.sharding.gather_weights = "per_step"
     c.lock()
     return c
 
@@ -208,6 +213,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.batch_size <= 0 or t.batch_size % t.grad_accum:
         raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                           f"train.grad_accum={t.grad_accum}")
+    if config.sharding.gather_weights not in ("per_step", "per_micro_step"):
+        raise GptjaxError(f"sharding.gather_weights={config.sharding.gather_weights!r}: use "
+                          "per_step or per_micro_step")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
     if config.stage == "prepare":
