@@ -4,7 +4,8 @@ the chip's public peak rate, read from the optimized HLO text (`compiled.as_text
     t_compute = FLOPs / peak            FLOPs: 2 * m * n * k of every dot and convolution
     t_memory  = HBM bytes / bandwidth   HBM bytes: operands + results of every kernel
     t_network = wire bytes / ICI        wire bytes: all-gather, reduce-scatter, permute and
-                                        all-to-all move their buffer once, an all-reduce twice
+                                        all-to-all send their buffer once, an all-reduce twice;
+                                        ICI: what a chip sends over all its links at once
     t_step >= max(t_compute, t_memory, t_network)   (a bound: perfect overlap, every link busy)
     MFU at the bound = model FLOPs per chip / (t_step * peak)
 
@@ -12,8 +13,8 @@ Counted per executed step, loops times their trip counts (`hlo_collectives.walk`
 `compiled.cost_analysis()` counts a while body once, which undercounts a step with gradient
 accumulation by the number of micro-steps (measured: 1/4 of the FLOPs at grad_accum 4).
 A kernel is a top-level instruction (a fusion, an unfused op, a collective) outside fusion
-bodies; its bytes are the arrays in device memory (an on-chip operand, `S(n)` in a TPU layout,
-is not HBM traffic); elementwise FLOPs are left out (the MXU's matmuls dominate a transformer).
+bodies; its bytes are the arrays in device memory it reads and writes (an on-chip operand, `S(n)`
+in a TPU layout, is not HBM traffic; a slice moves only its slice); elementwise FLOPs are left out (the MXU's matmuls dominate a transformer).
 Convolutions (XLA:TPU lowers dots to them) count only the window positions that hit real input,
 as XLA's HloCostAnalysis does.
 """
@@ -28,19 +29,20 @@ import hlo_collectives
 
 # Per chip, from Google Cloud's TPU system-architecture pages (cloud.google.com/tpu/docs/v5e and
 # /tpu/docs/v5p, key specifications tables): bf16 peak, HBM capacity and bandwidth, and the
-# bidirectional inter-chip interconnect bandwidth per chip.
+# "Interchip Interconnect BW" (1,600 / 4,800 Gbps: half the bidirectional 400 / 1,200 GB/s), the
+# rate at which a chip can send over all its links at once.
 @dataclasses.dataclass(frozen=True)
 class Chip:
     name: str
     peak_flops: float  # bf16, FLOP/s
     hbm_bytes: float
     hbm_bandwidth: float  # bytes/s
-    ici_bandwidth: float  # bytes/s, bidirectional, all of a chip's links
+    ici_bandwidth: float  # bytes/s a chip sends, all of its links together
 
 
 CHIPS = {  # keyed by jax's device_kind
-    "TPU v5 lite": Chip("v5e", 197e12, 16 * 2**30, 819e9, 400e9),
-    "TPU v5": Chip("v5p", 459e12, 95 * 2**30, 2765e9, 1200e9),
+    "TPU v5 lite": Chip("v5e", 197e12, 16 * 2**30, 819e9, 200e9),
+    "TPU v5": Chip("v5p", 459e12, 95 * 2**30, 2765e9, 600e9),
 }
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
          "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
@@ -123,6 +125,15 @@ def _memory(v: hlo_collectives.Visit) -> tuple[int, int]:
     op = v.instr.opcode
     if v.fused or op in _FREE or (op == "custom-call" and "AllocateBuffer" in v.instr.args):
         return 0, 0
+    if op in ("slice", "dynamic-slice", "slice-done"):  # reads and writes the slice only
+        return tuple(2 * sum(b for b, sp in hlo_collectives.arrays(v.instr.shape) if keep(sp))
+                     for keep in (lambda sp: sp == 0, lambda sp: True))
+    if op == "slice-start":
+        return 0, 0
+    if op == "dynamic-update-slice":  # in place: reads and writes the update only
+        ops = v.instr.operands()
+        upd = hlo_collectives.arrays(v.shape_of(ops[1])) if len(ops) > 1 else []
+        return 2 * sum(b for b, sp in upd if sp == 0), 2 * sum(b for b, _ in upd)
     arrays = []
     if not op.endswith("-done"):  # a -start reads its operands, its -done writes the result
         for o in v.instr.operands():
@@ -162,3 +173,36 @@ def estimate(c: Cost, chip: Chip, model_flops: float) -> dict[str, float]:
     t["t_bound"] = max(t.values())
     t["mfu_bound"] = model_flops / (t["t_bound"] * chip.peak_flops) if t["t_bound"] else 0.0
     return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-read HLO files that `sharding_layouts.py --dump_hlo` kept, without compiling again."""
+    import argparse
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("hlo", nargs="+", help="optimized HLO text files (compiled.as_text())")
+    ap.add_argument("--chip", default="v5e", choices=[c.name for c in CHIPS.values()])
+    ap.add_argument("--model_flops", type=float, default=0.0,
+                    help="model FLOPs per chip and step (6N + 6LTC per token x tokens), for MFU")
+    args = ap.parse_args(argv)
+    chip = next(c for c in CHIPS.values() if c.name == args.chip)
+    print("| HLO | " + " | ".join(f"{k} n / MiB" for k in hlo_collectives.KINDS) +
+          " | TFLOP | HBM GiB | ICI GiB | t compute s | t memory s | t network s | step s ≥ |"
+          " MFU ≤ |")
+    print("|---|" + "---:|" * (len(hlo_collectives.KINDS) + 8))
+    for path in args.hlo:
+        with open(path) as f:
+            hlo = f.read()
+        coll = hlo_collectives.count_collectives(hlo)
+        c = cost(hlo, coll)
+        t = estimate(c, chip, args.model_flops)
+        cells = [f"{x.count} / {x.bytes / 2**20:,.1f}" for x in coll.values()]
+        print(f"| {path.rsplit('/', 1)[-1]} | " + " | ".join(cells) +
+              f" | {c.flops / 1e12:,.1f} | {c.hbm_bytes / 2**30:,.1f} | "
+              f"{c.wire_bytes / 2**30:,.2f} | {t['t_compute']:.3f} | {t['t_memory']:.3f} | "
+              f"{t['t_network']:.3f} | {t['t_bound']:.3f} | {t['mfu_bound']:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
