@@ -123,8 +123,9 @@ def notes(r: dict[str, Any]) -> list[str]:
         out.append(f"all-gathers {r['all-gather bytes'] / ag:.2f} x the float32 parameters: XLA "
                    "gathers the compute-dtype (bf16) copies of weights used only in bf16")
     if r["reduce-scatter analytic"] and not r["reduce-scatter n"]:
-        out.append("sharded gradients are all-reduced whole and then sliced (no reduce-scatter"
-                   " on this backend): counted with the reductions")
+        out.append("the sharded gradients are all-reduced whole and then sliced, not reduce-"
+                   "scattered (XLA:CPU has no reduce-scatter creator; XLA:TPU may rewrite one): "
+                   "the same buffer bytes, counted with the reductions, twice the wire bytes")
     for kind in ("reduce-scatter", "all-gather"):
         if r.get(f"{kind} permutes"):
             out.append(f"{r[f'{kind} permutes']} collective-permutes of XLA's windowed einsums "
