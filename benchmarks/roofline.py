@@ -15,8 +15,8 @@ accumulation by the number of micro-steps (measured: 1/4 of the FLOPs at grad_ac
 A kernel is a top-level instruction (a fusion, an unfused op, a collective) outside fusion
 bodies; its bytes are the arrays in device memory it reads and writes (an on-chip operand, `S(n)`
 in a TPU layout, is not HBM traffic; a slice moves only its slice); elementwise FLOPs are left
-out (the MXU's matmuls dominate a transformer). Convolutions (XLA:TPU lowers dots to them) count only the window positions that hit real input,
-as XLA's HloCostAnalysis does.
+out (the MXU's matmuls dominate a transformer). Convolutions (XLA:TPU lowers dots to them)
+count only the window positions that hit real input, as XLA's HloCostAnalysis does.
 """
 
 from __future__ import annotations
