@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
+    # Where fsdp-sharded weights are gathered (gptjax/step.py make_train_step): "per_step" =
+    # once per optimizer step, held through the accumulation (one whole parameter copy per device,
+    # plus a whole gradient for the LM loss, which is then reduced once per step);
+    # "per_micro_step" = in every micro-step's forward and backward (least memory).
+    c.sharding.gather_weights = "per_step"
     c.lock()
     return c
 
@@ -304,6 +309,9 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     if t.batch_size % t.grad_accum:
         raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                           f"train.grad_accum={t.grad_accum}")
+    if config.sharding.gather_weights not in ("per_step", "per_micro_step"):
+        raise GptjaxError(f"sharding.gather_weights={config.sharding.gather_weights!r}: use "
+                          "per_step or per_micro_step")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
     if config.stage == "prepare":
@@ -333,6 +341,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+
+
 def validate_eval(e: ml_collections.ConfigDict) -> None:
     """The eval section's checks that need no workdir (workdirs are checked by the stage)."""
     tasks = ("perplexity", "reward_accuracy", "win_rate", "gsm8k")
