@@ -7,3 +7,8 @@ class GptjaxError(Exception):
 
 class TrainingDiverged(GptjaxError):
     """The loss (or the parameters) became NaN/inf; the last good checkpoint is kept."""
+
+
+class TokenizerCoverageError(GptjaxError):
+    """Text holds a character the (char) tokenizer has no id for; data readers skip and count
+    such records instead of stopping."""
