@@ -168,10 +168,12 @@ def one_line(e: BaseException) -> str:
 
 
 def parquet_file(path: str):
-    """A pyarrow ParquetFile, or one clear line for a file that is no Parquet file."""
+    """A pyarrow ParquetFile, or one clear line for a file that is no Parquet file. Without
+    pre-buffering: pyarrow's default reads ahead the column chunks of every row group a batch
+    iterator will visit, i.e. the whole file (measured: memory grew by the file's size)."""
     import pyarrow.parquet as pq
     try:
-        return pq.ParquetFile(need_file(path))
+        return pq.ParquetFile(need_file(path), pre_buffer=False)
     except GptjaxError:
         raise
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for damaged files
@@ -180,8 +182,9 @@ def parquet_file(path: str):
 
 
 def parquet_batches(pf, path: str, columns: list[str] | None = None, batch_size: int = 1024):
-    """(first row number, record batch) of a Parquet file, streamed: pyarrow decodes one batch
-    of one row group at a time, so memory stays at a row group's size, not the file's."""
+    """(first row number, record batch) of a Parquet file, streamed: pyarrow reads and decodes
+    one batch of one row group at a time, so memory stays at a row group's size, not the
+    file's."""
     row = 1
     it = pf.iter_batches(batch_size=batch_size, columns=columns)
     while True:
