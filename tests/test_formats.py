@@ -114,7 +114,8 @@ def test_files_mix_by_weight_with_named_sets(tmp_path):
     assert stats[path].conversations == 40 and stats[path].rejected == {}
     # the file's 36 training conversations: the split of the named set's first 40, rendered
     want, _ = sources.split(_examples(convs, tok), 0.1)
-    assert len(train[1]) == len(want) == 36 and len(val) == round(len(named) * 0.1) + 4
+    assert len(train[1]) == len(want) == 36
+    assert len(val) == round(stats["self-instruct"].kept() * 0.1) + 4
     assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(train[1], want))
 
 
