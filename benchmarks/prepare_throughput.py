@@ -50,7 +50,7 @@ CORPORA = {  # name -> config file (its inputs are the shipped data)
     "chinese": "configs/prepare_chinese_classics.py",
 }
 CORES = len(os.sched_getaffinity(0))
-TMP = tempfile.mkdtemp(prefix="prepare_throughput_")  # removed at exit
+TMP = {"dir": ""}  # a scratch folder for main(), removed at exit
 MB = 1e6
 
 
@@ -73,7 +73,7 @@ def measure(name: str, repeats: int) -> dict:
     if name.endswith("-parquet"):
         p.inputs = (as_parquet(readers.read_documents(readers.expand_inputs(p.inputs),
                                                       p.text_field, p.url_field, p.text_unit),
-                               os.path.join(TMP, f"{name}.parquet")),)
+                               os.path.join(TMP["dir"], f"{name}.parquet")),)
     files = readers.expand_inputs(p.inputs)
     raw_bytes = sum(len(d.text.encode("utf-8")) for d in
                     readers.read_documents(files, p.text_field, p.url_field, p.text_unit))
@@ -113,6 +113,26 @@ def measure(name: str, repeats: int) -> dict:
         "char_vocab_size": char.vocab_size,
         "val_chars": n_val,
     }
+
+
+def read_rates(repeats: int) -> dict:
+    """MB/s of `readers.read_documents` alone over the English corpus's documents as shipped
+    (JSONL + text, gzip) and as one Parquet file, alternated, best of `repeats`."""
+    from gptjax.data import readers
+    config = runpy.run_path(os.path.join(ROOT, CORPORA["english"]))["get_config"]()
+    p = config.prepare
+    files = readers.expand_inputs(p.inputs)
+    docs = list(readers.read_documents(files, p.text_field, p.url_field, p.text_unit))
+    parquet = as_parquet(docs, os.path.join(TMP["dir"], "read_rates.parquet"))
+    mb = sum(len(d.text.encode("utf-8")) for d in docs) / MB
+    times = {"jsonl_txt_gz": [], "parquet": []}
+    for _ in range(repeats):
+        for name, fs in (("jsonl_txt_gz", files), ("parquet", [parquet])):
+            t = time.perf_counter()
+            n = sum(1 for _ in readers.read_documents(fs, p.text_field, p.url_field, p.text_unit))
+            times[name].append(time.perf_counter() - t)
+            assert n == len(docs)
+    return {k: mb / min(v) for k, v in times.items()} | {"mb": mb}
 
 
 def as_parquet(docs, path: str) -> str:
@@ -259,6 +279,12 @@ def main() -> None:
     print("\nclean+dedup: read + clean + langid + Gopher rules + exact and MinHash dedup + "
           "corpus write, single-threaded; tokenize pass: corpus read + encode + shard write; "
           f"sentencepiece encode: SentencePieceProcessor.encode(texts, num_threads={CORES}).")
+    if any(n.endswith("-parquet") for n in args.corpora.split(",")):
+        r = read_rates(max(args.repeats, 5))
+        print(f"\nreading alone ({r['mb']:.2f} MB, best of {max(args.repeats, 5)}, alternated): "
+              f"JSONL + text (gzip) {r['jsonl_txt_gz']:.1f} MB/s, Parquet {r['parquet']:.1f} "
+              f"MB/s ({r['parquet'] / r['jsonl_txt_gz']:.2f}x)")
+        rows.append({"corpus": "read_rates", **r})
     if args.parquet_mb:
         mem = parquet_memory(args.parquet_mb, args.max_sentences)
         print(f"\n## a {mem['file_mb']:.0f} MB Parquet file through `python -m gptjax.prepare` "
@@ -271,7 +297,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    TMP["dir"] = tempfile.mkdtemp(prefix="prepare_throughput_")
     try:
         main()
     finally:
-        shutil.rmtree(TMP, ignore_errors=True)
+        shutil.rmtree(TMP["dir"], ignore_errors=True)
