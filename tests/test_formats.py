@@ -161,7 +161,8 @@ def test_format_is_forced_and_a_file_with_nothing_usable_is_one_error(tmp_path):
         formats.read_conversations(bad)
     notjson = tmp_path / "notjson.jsonl"
     notjson.write_text("{oops\n")
-    with pytest.raises(GptjaxError, match=r"no JSON record"):
+    with pytest.raises(GptjaxError, match=r"notjson.jsonl holds no JSON record \(.*notjson.jsonl "
+                                          r"line 1 is not JSON \(.*\)\); give it one JSON"):
         formats.read_conversations(str(notjson))
     with pytest.raises(GptjaxError, match="data.format='chatml'"):
         formats.check_format("chatml")

@@ -203,7 +203,8 @@ def first_record_format(path: str, fmt: str) -> str:
     check_format(fmt)
     if fmt:
         return fmt
-    for where, rec in sources.iter_rows(path, on_bad=lambda w, why: None):
+    bad: list[str] = []
+    for where, rec in sources.iter_rows(path, on_bad=lambda w, why: bad.append(f"{w} {why}")):
         found = detect(rec)
         if found is None:
             raise GptjaxError(
@@ -212,7 +213,8 @@ def first_record_format(path: str, fmt: str) -> str:
                 "(Alpaca) or 'conversations' (ShareGPT): rename the fields or set "
                 "--config.data.format")
         return found
-    raise GptjaxError(f"{path} holds no JSON record; give it one conversation a line or row")
+    first = f" ({bad[0]})" if bad else ""
+    raise GptjaxError(f"{path} holds no JSON record{first}; give it one JSON object a line")
 
 
 def read_conversations(path: str, fmt: str = "") -> tuple[list[Conversation], FileReport]:
