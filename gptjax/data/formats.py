@@ -222,8 +222,7 @@ def read_conversations(path: str, fmt: str = "") -> tuple[list[Conversation], Fi
     report of what was rejected; a file with no usable conversation is one clear error."""
     report = FileReport(path, first_record_format(path, fmt))
     out = []
-    for where, rec in sources.iter_rows(
-            path, on_bad=report.not_json):
+    for where, rec in sources.iter_rows(path, on_bad=report.not_json):
         report.rows += 1
         try:
             out.append(to_conversation(rec, report.format))
