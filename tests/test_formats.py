@@ -5,14 +5,11 @@ the built-in readers; detection, forcing, rejected rows, mixing with named sets,
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_rows
 
 from gptjax.data import formats, sft as sft_data, sources
 from gptjax.data.lm import embedded_path
@@ -39,7 +36,7 @@ def _builtin():
     return tuple(convs), tok
 
 
-def _as_format(conv, fmt, i):
+def as_format(conv, fmt, i):
     """One conversation as a record of `fmt` (alternating between the format's variants)."""
     if fmt == "messages":
         return {"messages": conv}
@@ -61,20 +58,6 @@ def _as_format(conv, fmt, i):
     raise ValueError(fmt)
 
 
-def write_rows(path, rows):
-    """rows as .jsonl, .jsonl.gz or .parquet (by the file name); returns the path."""
-    path = str(path)
-    if path.endswith(".parquet"):  # columns: every key of any row (from_pylist reads the first)
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
-        pq.write_table(table, path, row_group_size=7)  # several row groups
-        return path
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    with open(path, "wb") as f:
-        f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
-    return path
-
-
 def _examples(convs, tok):
     usable, stats = sft_data.tokenize(convs, tok, 100_000)
     assert stats.kept() == len(convs)
@@ -86,7 +69,7 @@ def _examples(convs, tok):
 def test_each_format_renders_like_the_builtin_reader(tmp_path, fmt, suffix):
     convs, tok = _builtin()
     convs = list(convs)
-    rows = [_as_format(c, fmt, i) for i, c in enumerate(convs)]
+    rows = [as_format(c, fmt, i) for i, c in enumerate(convs)]
     entry = write_rows(tmp_path / f"mine{suffix}", rows)
     if fmt == "prompt_completion":  # plus the string form, in a second file: a glob entry
         single = [c for c in convs if len(c) == 2]
@@ -106,7 +89,7 @@ def test_each_format_renders_like_the_builtin_reader(tmp_path, fmt, suffix):
 def test_files_mix_by_weight_with_named_sets(tmp_path):
     named = sft_data.read_self_instruct(str(SHARED_DATA))
     convs = named[:40]
-    path = write_rows(tmp_path / "si.parquet", [_as_format(c, "sharegpt", 0) for c in convs])
+    path = write_rows(tmp_path / "si.parquet", [as_format(c, "sharegpt", 0) for c in convs])
     tok = CharTokenizer.train("".join(t["content"] for c in named for t in c))
     train, weights, val, stats = sft_data.load(str(SHARED_DATA), f"self-instruct:1,{path}:0.5",
                                                tok, 4096, 0.1)

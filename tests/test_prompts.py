@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from test_formats import _as_format, write_rows
+from conftest import write_rows
+from test_formats import as_format
 
 from gptjax.config import base_config
 from gptjax.data import preferences, prompts, sources
@@ -32,7 +33,7 @@ def test_prompts_of_every_format(tmp_path, fmt, suffix):
     elif fmt == "prompt":
         rows = [{"prompt": c[:-1]} for c in CONVS]
     else:
-        rows = [_as_format(c, fmt, i) for i, c in enumerate(CONVS)]
+        rows = [as_format(c, fmt, i) for i, c in enumerate(CONVS)]
     got, reports = prompts.read_prompts(write_rows(tmp_path / f"p{suffix}", rows), "")
     assert got == WANT and reports[0].used == len(CONVS) and not reports[0].rejected
 

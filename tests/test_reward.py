@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_rows
 
 from gptjax import losses
 from gptjax.data import preferences
@@ -127,11 +127,6 @@ def test_jsonl_ranks_and_pairs(tmp_path):
 
 # --- your own files: .jsonl / .jsonl.gz / .parquet, TRL's conversational pairs ------------------
 
-def _rows_file(path, rows):
-    from test_formats import write_rows
-    return write_rows(path, rows)
-
-
 @pytest.mark.parametrize("suffix", [".jsonl.gz", ".parquet"])
 def test_conversational_pairs_read_like_the_builtin_hh_rlhf(tmp_path, suffix):
     """hh-rlhf written as TRL's conversational pairs (chosen / rejected message lists sharing
@@ -146,7 +141,7 @@ def test_conversational_pairs_read_like_the_builtin_hh_rlhf(tmp_path, suffix):
                               + "".join(a for r in builtin for a in r.answers))
     want = [preferences.encode(r, tok, 512, 2) for r in builtin]
     for name, rows in (("implicit", implicit), ("explicit", explicit)):
-        got = preferences.read_source(_rows_file(tmp_path / f"{name}{suffix}", rows), "")
+        got = preferences.read_source(write_rows(tmp_path / f"{name}{suffix}", rows), "")
         assert got == builtin, name
         for g, w in zip((preferences.encode(r, tok, 512, 2) for r in got), want, strict=True):
             assert all((g[k] == w[k]).all() for k in w)
@@ -155,8 +150,8 @@ def test_conversational_pairs_read_like_the_builtin_hh_rlhf(tmp_path, suffix):
 def test_parquet_ranks_equal_jsonl_and_mix_by_weight(tmp_path):
     rows = [{"prompt": f"question {i}?", "answers": ["a good one.", "a bad one.", "meh."],
              "ranks": [0, 2, 1]} for i in range(20)]
-    a = _rows_file(tmp_path / "r.jsonl", rows)
-    b = _rows_file(tmp_path / "r.parquet", rows)
+    a = write_rows(tmp_path / "r.jsonl", rows)
+    b = write_rows(tmp_path / "r.parquet", rows)
     assert preferences.read_file(a) == preferences.read_file(b)
     tok = CharTokenizer.train("".join(json.dumps(r) for r in rows))
     data = preferences.load("", f"{a}:2,{b}", tok, 32, 0.2)
@@ -175,7 +170,7 @@ def test_parquet_ranks_equal_jsonl_and_mix_by_weight(tmp_path):
                                                               r"must share their prompt turns"),
 ])
 def test_bad_parquet_preference_rows(tmp_path, rows, match):
-    path = _rows_file(tmp_path / "p.parquet", rows)
+    path = write_rows(tmp_path / "p.parquet", rows)
     with pytest.raises(GptjaxError, match=match) as e:
         preferences.read_source(path, "")
     assert "\n" not in str(e.value) and path in str(e.value)
