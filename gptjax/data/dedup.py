@@ -4,7 +4,8 @@ Documents arrive one at a time and are never held: exact dedup keeps a set of 16
 near dedup keeps each document's MinHash signature (num_perm uint32) and one 64-bit key per
 LSH band. Memory grows with the number of documents (about num_perm * 4 + bands * 85 bytes a
 document: 2.3 KB at the defaults, measured with tracemalloc), not with their length, so a
-corpus larger than memory streams through. Everything is seeded: the same documents in the same order give the same decisions.
+corpus larger than memory streams through. Everything is seeded: the same documents in the same
+order give the same decisions.
 
 Near duplicates. Shingles are the character n-grams of the normalised text (lowercase, runs of
 whitespace as one space), so the measure works for Chinese as well as English. For shingle sets
