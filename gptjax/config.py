@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from gptjax import axes, losses
+from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
@@ -42,8 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
     # sft / reward: the folder holding the data sets, and which of them to use with what weight
     c.data.root = "../shared/data"
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
-    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
+    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused). An entry
+    # may be a path, glob or folder of .jsonl / .jsonl.gz / .parquet files (your own data).
     c.data.mixture = ""
+    # Those files' conversation format: "" = detected per file from its fields, or one of
+    # messages, prompt_completion, alpaca, sharegpt (gptjax/data/formats.py)
+    c.data.format = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
 
     c.reward = ml_collections.ConfigDict()
@@ -314,6 +319,7 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
                           "per_step or per_micro_step")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    formats.check_format(config.data.format)
     if config.stage == "prepare":
         validate_prepare(config.prepare)
     if config.stage == "ppo":
