@@ -13,10 +13,11 @@ from typing import Any
 import ml_collections
 
 from gptjax import axes, losses
+from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "pipeline")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "pipeline")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 
 
@@ -44,8 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     # of them to use with what weight
     c.data.root = ""
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
-    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
+    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused). An entry
+    # may be a path, glob or folder of .jsonl / .jsonl.gz / .parquet files (your own data).
     c.data.mixture = ""
+    # Those files' conversation format: "" = detected per file from its fields, or one of
+    # messages, prompt_completion, alpaca, sharegpt (gptjax/data/formats.py)
+    c.data.format = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
     c.data.skip_examples = 0  # reward: records of each data set skipped before that cap (so two
     # reward models can learn from disjoint parts of one set: a judge and the one PPO optimises)
@@ -57,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.normalize_max_new_tokens = 64
 
     c.ppo = ppo_config()
+    c.eval = eval_config()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -96,6 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
+    # Where fsdp-sharded weights are gathered (gptjax/step.py make_train_step): "per_step" =
+    # once per optimizer step, held through the accumulation (one whole parameter copy per device,
+    # plus a whole gradient for the LM loss, which is then reduced once per step);
+    # "per_micro_step" = in every micro-step's forward and backward (least memory).
+    c.sharding.gather_weights = "per_step"
     c.lock()
     return c
 
@@ -147,6 +158,49 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.target_kl = 6.0  # adaptive beta aims the per-sequence KL here; 0 = beta fixed
     p.kl_horizon = 10000.0  # adaptive controller horizon (sequences)
     return p
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Stage `eval` (gptjax/loops/eval.py): each task on or off; workdirs are left empty in
+    config files and given on the command line (`--config.eval.a=runs/ppo`)."""
+    e = ml_collections.ConfigDict()
+    e.a = ""  # model A: an sft / ppo workdir (the one whose win rate is reported)
+    e.b = ""  # model B: the baseline it is compared with (e.g. the SFT workdir)
+    e.judge = ""  # a `reward` workdir that scores A's and B's answers by their text
+    e.base = ""  # a pretrained workdir: the answers' perplexity under it (fluency); "" = off
+    e.models = ""  # comma-separated workdirs for perplexity and GSM8K; "" = eval.a and eval.b
+    e.batch_size = 16  # rows per generate / scoring call
+    e.perplexity = ml_collections.ConfigDict(dict(
+        enabled=False,
+        # exactly one source: a text file, a `prepare` run's validation shards, or the
+        # held-out split (data.val_fraction, data.root) of an SFT mixture, assistant tokens only
+        text_path="", prepared_dir="", sft_mixture="",
+        max_tokens=200_000,  # cap on scored tokens of a text / shards source (0 = all)
+    ))
+    e.reward_accuracy = ml_collections.ConfigDict(dict(
+        enabled=False,
+        workdir="",  # the reward workdir; "" = eval.judge
+        mixture="hh-rlhf",  # preference sets (names or .jsonl paths), comma-separated
+        split="heldout",  # "heldout": the reward run's own held-out part; "all": every record
+    ))
+    e.win_rate = ml_collections.ConfigDict(dict(
+        enabled=False,
+        prompts="vicuna",  # mt-bench (first turns), vicuna, hh-rlhf (held-out), or a .jsonl
+        max_prompts=0,  # the first n distinct prompts (0 = all)
+        samples_per_prompt=1,  # answers per prompt and model; sample j of A meets sample j of B
+        max_new_tokens=128, temperature=0.7, top_k=0, top_p=1.0,  # the same for A and B
+        tie_margin=0.0,  # |score_A - score_B| <= margin is a tie
+        length_tolerance=0.1,  # length-matched: |len_A - len_B| <= tol * max (characters)
+        bootstrap=2000,  # resamplings of the prompts for the 95% interval
+        table_rows=5,  # prompts in the side-by-side table
+    ))
+    e.gsm8k = ml_collections.ConfigDict(dict(
+        enabled=False,
+        path="",  # a GSM8K .jsonl; "" = <data.root>/gsm8k/test.jsonl
+        max_questions=100,  # the first n test questions (0 = all), answered greedily
+        max_new_tokens=256,
+    ))
+    return e
 
 
 def prepare_config() -> ml_collections.ConfigDict:
@@ -264,12 +318,18 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     if t.batch_size % t.grad_accum:
         raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                           f"train.grad_accum={t.grad_accum}")
+    if config.sharding.gather_weights not in ("per_step", "per_micro_step"):
+        raise GptjaxError(f"sharding.gather_weights={config.sharding.gather_weights!r}: use "
+                          "per_step or per_micro_step")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    formats.check_format(config.data.format)
     if config.stage == "prepare":
         validate_prepare(config.prepare)
     if config.stage == "ppo":
         validate_ppo(config, shape)
+    if config.stage == "eval":
+        validate_eval(config.eval)
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
@@ -291,6 +351,30 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+
+
+def validate_eval(e: ml_collections.ConfigDict) -> None:
+    """The eval section's checks that need no workdir (workdirs are checked by the stage)."""
+    tasks = ("perplexity", "reward_accuracy", "win_rate", "gsm8k")
+    if not any(e[t].enabled for t in tasks):
+        raise GptjaxError(f"stage eval has no task: enable one of {tasks}, e.g. "
+                          "--config.eval.win_rate.enabled=True")
+    p = e.perplexity
+    if p.enabled and sum(bool(x) for x in (p.text_path, p.prepared_dir, p.sft_mixture)) != 1:
+        raise GptjaxError("eval.perplexity needs exactly one of text_path, prepared_dir and "
+                          "sft_mixture")
+    if e.reward_accuracy.split not in ("heldout", "all"):
+        raise GptjaxError(f"eval.reward_accuracy.split={e.reward_accuracy.split!r}: use heldout "
+                          "or all")
+    w = e.win_rate
+    if w.samples_per_prompt < 1 or w.max_new_tokens < 1 or w.bootstrap < 1:
+        raise GptjaxError("eval.win_rate.samples_per_prompt, max_new_tokens and bootstrap must "
+                          "be >= 1")
+    if w.temperature < 0 or not 0 < w.top_p <= 1 or w.top_k < 0 or w.tie_margin < 0:
+        raise GptjaxError("eval.win_rate: temperature, top_k and tie_margin must be >= 0 and "
+                          "top_p in (0, 1]")
+    if e.gsm8k.max_new_tokens < 1 or e.batch_size < 1:
+        raise GptjaxError("eval.gsm8k.max_new_tokens and eval.batch_size must be >= 1")
 
 
 def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:

@@ -21,6 +21,7 @@ STAGE_MODULES = {
     "sft": "gptjax.loops.sft",
     "reward": "gptjax.loops.reward",
     "ppo": "gptjax.loops.ppo",
+    "eval": "gptjax.loops.eval",
     "pipeline": "gptjax.pipeline",  # the stages above in a row (configs/chatgpt_tiny.py)
 }
 
@@ -39,6 +40,11 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
         if distributed.is_multiprocess(dist):
             raise GptjaxError("stage 'prepare' runs as one process: start it once, without the "
                               "multi-process launcher or coordinator flags")
+    elif config.stage == "eval":  # one process, one device: nothing is trained
+        if distributed.is_multiprocess(dist):
+            raise GptjaxError("stage 'eval' runs as one process: start it once, without the "
+                              "multi-process launcher or coordinator flags")
+        runtime.configure_cpu_devices(config.runtime.cpu_devices, config.eval.batch_size)
     else:
         # Both before any JAX backend starts: XLA's host device count (per process) and the
         # distributed runtime, which the backends need to see every process's devices.
