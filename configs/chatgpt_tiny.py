@@ -27,7 +27,7 @@ def stage(name):
 def get_config():
     c = pipeline_config()
     c.name = "chatgpt_tiny"
-    c.order = ("prepare", "pretrain", "sft", "reward", "judge", "ppo")
+    c.order = ("prepare", "pretrain", "sft", "reward", "judge", "ppo", "eval_sft", "eval_ppo")
     s = c.stages
 
     s.prepare = stage("prepare_english")
@@ -68,4 +68,15 @@ def get_config():
                  epochs=2, num_minibatches=2, ptx_coef=1.0, offset_prompts=32, eval_prompts=8)
     p.train.update(steps=30, log_every=1, eval_every=10, checkpoint_every=10)
     p.optim.update(lr=5e-5, min_lr=5e-5, warmup_steps=5, decay_steps=120)
+
+    # Win rates on hh-rlhf prompts PPO held out, judged by `judge` (not the reward model PPO
+    # optimised), each answer sampled twice at temperature 0.7 by both models.
+    s.eval_sft = stage("eval_winrate")
+    e = s.eval_sft.eval
+    e.update(a="@sft", b="@pretrain", judge="@judge")
+    e.win_rate.update(prompts="hh-rlhf", max_prompts=100, samples_per_prompt=2, max_new_tokens=48,
+                      table_rows=4)
+    e.reward_accuracy.enabled = False  # (the judge stage measured it: judge/reward_eval.json)
+    s.eval_ppo = copy.deepcopy(s.eval_sft)
+    s.eval_ppo.eval.update(a="@ppo", b="@sft")
     return c

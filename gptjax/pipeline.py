@@ -59,6 +59,10 @@ def pipeline_config() -> ml_collections.ConfigDict:
     # The process's CPU devices for every stage (runtime.cpu_devices of a stage config has no
     # effect inside a pipeline: XLA fixes the device count when it starts).
     c.runtime = ml_collections.ConfigDict(dict(cpu_devices=0))
+    # JAX's persistent compilation cache, a folder (relative to the workdir, or absolute; "" =
+    # off): the judge reuses the reward model's compiled steps, the second eval the first's, and
+    # a rerun (a resumed or redone stage) every compiled step of the run before it.
+    c.compile_cache = "compile_cache"
     c.report = ml_collections.ConfigDict(dict(
         enabled=True,
         answers=4,  # held-out prompts in the side-by-side table of answers
@@ -236,6 +240,15 @@ def _supersede(config: ml_collections.ConfigDict, workdir: str, start: int, why:
 
 # -- running --------------------------------------------------------------------------------
 
+def _compile_cache(folder: str) -> None:
+    """Keep every compiled program in `folder` (JAX's persistent cache; the same program gives
+    the same executable, so results do not change)."""
+    import jax
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 @dataclasses.dataclass
 class PipelineResult:
     stages: dict[str, Any]  # name -> the stage's result (None when skipped)
@@ -286,6 +299,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     rows = [r for r in (_rows(config.stages[n]) for n in config.order) if r]
     runtime.configure_cpu_devices(config.runtime.cpu_devices, math.gcd(*rows) if rows else 1)
     distributed.initialize(dist)
+    if config.compile_cache:
+        _compile_cache(os.path.join(workdir, config.compile_cache))
     order, results = list(config.order), {}
     t_pipeline = time.perf_counter()
     for i, name in enumerate(order):
@@ -308,11 +323,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                  "done": False, "attempts": attempts}
         os.makedirs(folder, exist_ok=True)
         workdir_lib.write_json(folder, MARKER, state)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = train.dispatch(stage_cfg, folder)
         attempts[-1]["seconds"] = time.perf_counter() - t0
+        attempts[-1]["cpu_seconds"] = time.process_time() - c0  # every thread of the process
         interrupted = getattr(result, "interrupted_by", None)
-        state.update(done=interrupted is None, seconds=before + attempts[-1]["seconds"])
+        state.update(done=interrupted is None, seconds=before + attempts[-1]["seconds"],
+                     cpu_seconds=sum(a.get("cpu_seconds") or 0 for a in attempts))
         workdir_lib.write_json(folder, MARKER, state)
         results[name] = result
         if interrupted is not None:

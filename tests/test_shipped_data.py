@@ -25,7 +25,8 @@ def test_the_shipped_subsets_are_what_the_full_sets_give(tmp_path):
     built = [f for f in _files(tmp_path)]
     assert built == [f for f in _files(shipped.SETS) if f != "README.md"]
     for rel in built:
-        assert (tmp_path / rel).read_bytes() == open(os.path.join(shipped.SETS, rel), "rb").read(), rel
+        with open(os.path.join(shipped.SETS, rel), "rb") as f:
+            assert (tmp_path / rel).read_bytes() == f.read(), rel
 
 
 def test_the_default_root_reads_every_named_set_from_the_package():

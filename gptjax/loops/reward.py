@@ -13,6 +13,7 @@ ranking loss (all K answers of a prompt in one batch), then
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,7 +26,7 @@ from gptjax import reward_model as rm
 from gptjax import workdir as workdir_lib
 from gptjax.data import preferences
 from gptjax.loops import finetune, supervised, trainer
-from gptjax.model import RewardModel
+from gptjax.model import GPTConfig, RewardModel
 
 
 def _val_stack(val: list, global_batch: int, num_batches: int, pidx: int, pcount: int):
@@ -51,14 +52,14 @@ def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
             "stderr": math.sqrt(acc * (1 - acc) / max(pairs, 1))}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
-    s = finetune.start(config, workdir)
-    tcfg, seq_len = config.train, config_lib.seq_len(config)
-    data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
-                            config.data.val_fraction, config.data.max_examples,
-                            config.data.skip_examples)
-    workdir_lib.write_json(workdir, "data_stats.json", data.stats)
-    model = RewardModel(s.cfg)
+def stage(config: ml_collections.ConfigDict, cfg: GPTConfig, k_max: int,
+          data: trainer.Data | None = None, val: Any = None, trunk: Any = None
+          ) -> trainer.Stage:
+    """The reward-model stage of trunk shape `cfg` on batches of prompts with k_max answers
+    each; `trunk`: the GPT parameters it starts from (with a fresh head). data None: compile
+    only (gptjax.aot)."""
+    seq_len = config_lib.seq_len(config)
+    model = RewardModel(cfg)
 
     def init(r):
         tokens, lengths = jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)
@@ -66,20 +67,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
 
     def initial_params():
         head = nn.unbox(jax.jit(init)(jax.random.key(config.seed)))["head"]
-        return {"trunk": s.params, "head": jax.device_get(head)}
+        return {"trunk": trunk, "head": jax.device_get(head)}
 
+    return supervised.loss_stage(
+        config, "reward", init, rm.rm_loss_fn(model, cfg.dropout > 0), data=data, val=val,
+        initial=None if trunk is None else initial_params,
+        tokens_per_step=config.train.batch_size * k_max * seq_len,
+        flops_per_token=cfg.flops_per_token(seq_len),
+        num_params=cfg.num_params(non_embedding=False))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
+    s = finetune.start(config, workdir)
+    tcfg, seq_len = config.train, config_lib.seq_len(config)
+    data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
+                            config.data.val_fraction, config.data.max_examples,
+                            config.data.skip_examples)
+    workdir_lib.write_json(workdir, "data_stats.json", data.stats)
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
                                           data.weights)
     val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
-    answers = tcfg.batch_size * data.k_max
-    result = trainer.fit(config, workdir, supervised.loss_stage(
-        config, "reward", init, rm.rm_loss_fn(model, s.cfg.dropout > 0),
-        # batch i holds records [i*B, (i+1)*B) whatever the process count
-        data=trainer.Data.of_iterator(train_it, position_global=True), val=val_set,
-        initial=initial_params, tokens_per_step=answers * seq_len,
-        flops_per_token=s.cfg.flops_per_token(seq_len),
-        num_params=s.cfg.num_params(non_embedding=False)))
+    # batch i holds records [i*B, (i+1)*B) whatever the process count
+    result = trainer.fit(config, workdir, stage(
+        config, s.cfg, data.k_max, trainer.Data.of_iterator(train_it, position_global=True),
+        val_set, trunk=s.params))
     if result.interrupted_by is not None:
         return result
     params = sharding.to_host(result.state.params)  # gathered when sharded over processes

@@ -9,6 +9,7 @@ conversations' assistant tokens.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from gptjax import losses
 from gptjax import workdir as workdir_lib
 from gptjax.data import sft as sft_data
 from gptjax.loops import finetune, supervised, trainer
-from gptjax.model import GPT
+from gptjax.model import GPT, GPTConfig
 
 
 def sft_loss_fn(model: GPT, dropout: bool):
@@ -55,14 +56,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
             for kind, n in st.rejected.items():  # rows of the user's files that were skipped
                 print(f"sft data {name}: {n} rows rejected as {kind}, the first at "
                       f"{st.first_rejected[kind]}", flush=True)
-    model = GPT(s.cfg)
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = sft_data.train_iterator(train, weights, seq_len, tcfg.batch_size, config.seed,
                                        pidx, pcount)
     val_set = sft_data.val_batches(val, seq_len, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
-    return trainer.fit(config, workdir, supervised.loss_stage(
+    return trainer.fit(config, workdir, stage(config, s.cfg, trainer.Data.of_iterator(train_it),
+                                              val_set, initial=lambda: s.params))
+
+
+def stage(config: ml_collections.ConfigDict, cfg: GPTConfig, data: trainer.Data | None = None,
+          val: Any = None, initial: Any = None) -> trainer.Stage:
+    """The SFT stage of model `cfg` on packed batches (data None: compile only, gptjax.aot)."""
+    seq_len = config_lib.seq_len(config)
+    model = GPT(cfg)
+    return supervised.loss_stage(
         config, "sft", lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
-        sft_loss_fn(model, dropout=s.cfg.dropout > 0), data=trainer.Data.of_iterator(train_it),
-        val=val_set, initial=lambda: s.params, tokens_per_step=tcfg.batch_size * seq_len,
-        flops_per_token=s.cfg.flops_per_token(seq_len),
-        num_params=s.cfg.num_params(non_embedding=False)))
+        sft_loss_fn(model, dropout=cfg.dropout > 0), data=data, val=val, initial=initial,
+        tokens_per_step=config.train.batch_size * seq_len,
+        flops_per_token=cfg.flops_per_token(seq_len),
+        num_params=cfg.num_params(non_embedding=False))

@@ -15,7 +15,8 @@ from typing import Any
 
 from gptjax import workdir as workdir_lib
 
-TIMES = ("seconds", "tokens_per_sec", "mfu", "time_rollout", "time_scoring", "time_update")
+TIMES = ("seconds", "cpu_seconds", "tokens_per_sec", "mfu", "time_rollout", "time_scoring",
+         "time_update")
 TRAINING = ("pretrain", "sft", "reward", "ppo", "dpo", "grpo")  # stages with metrics.jsonl
 
 
@@ -122,6 +123,7 @@ def collect(workdir: str) -> dict[str, Any]:
         mark = workdir_lib.read_json(folder, workdir_lib.PIPELINE_STAGE_FILE) or {}
         rep["stages"].append({"name": name, "kind": kind, "done": bool(mark.get("done")),
                               "seconds": mark.get("seconds"),
+                              "cpu_seconds": mark.get("cpu_seconds"),
                               "init_from": _refs(stages_cfg[name].get("init_from", ""))})
         if kind == "prepare" and _prepare(folder):
             rep["prepare"][name] = _prepare(folder)

@@ -25,13 +25,15 @@ def _cut(text: str, limit: int = 280) -> str:
 
 def _stages(rep: dict[str, Any], figs: dict[str, str]) -> list[Block]:
     rows = [[s["name"], s["kind"], ", ".join(s["init_from"]) or "–", f(s["seconds"], 1),
-             "yes" if s["done"] else "no"] for s in rep["stages"]]
+             f(s.get("cpu_seconds"), 1), "yes" if s["done"] else "no"] for s in rep["stages"]]
     total = sum(s["seconds"] or 0 for s in rep["stages"])
     out: list[Block] = [Heading("Stages and wall time"),
-                        Table(["stage", "kind", "starts from", "wall seconds", "finished"], rows),
+                        Table(["stage", "kind", "starts from", "wall seconds", "CPU seconds",
+                               "finished"], rows),
                         Para(f"Total: {total:,.0f} s of wall time (all attempts of each stage; an "
                              "attempt killed without warning counts up to the newest file it "
-                             "wrote).")]
+                             "wrote; CPU seconds: of every thread, finished attempts only). A "
+                             "machine shared with other work shows more wall than CPU time.")]
     if "wall_time" in figs:
         out.append(Image(figs["wall_time"], "wall time per stage"))
     return out
