@@ -40,7 +40,7 @@ import ml_collections
 from gptjax import config as config_lib
 from gptjax import distributed, runtime
 from gptjax import workdir as workdir_lib
-from gptjax.cli import check_output_dir
+from gptjax.cli import ENVIRONMENT_ERRNOS, check_output_dir
 from gptjax.errors import GptjaxError
 
 REF = "@"  # "@name": the folder of stage `name` of this pipeline
@@ -324,7 +324,18 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         os.makedirs(folder, exist_ok=True)
         workdir_lib.write_json(folder, MARKER, state)
         t0, c0 = time.perf_counter(), time.process_time()
-        result = train.dispatch(stage_cfg, folder)
+        try:
+            result = train.dispatch(stage_cfg, folder)
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            raise GptjaxError(
+                f"stage {name} could not write in {folder}: {e.strerror or e}{where}. Free space "
+                "on that disk (or fix its permissions), then rerun the same command: the "
+                f"finished stages are kept and {name} runs again (a training stage resumes "
+                "from its newest checkpoint)."
+            ) from None
         attempts[-1]["seconds"] = time.perf_counter() - t0
         attempts[-1]["cpu_seconds"] = time.process_time() - c0  # every thread of the process
         interrupted = getattr(result, "interrupted_by", None)
