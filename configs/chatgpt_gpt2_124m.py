@@ -13,7 +13,7 @@ float32 master weights and optimizer state. The data are the shipped subsets; fo
 add --config.stages.<stage>.data.root=../shared/data. Check that every step compiles and fits
 a TPU slice before paying for it:
 
-    python -m gptjax.aot --config configs/chatgpt_gpt2_124m.py --topology v5e:1x1
+    python -m gptjax.aot --config configs/chatgpt_gpt2_124m.py --topology v5e:2x2
 """
 
 import copy

@@ -40,6 +40,7 @@ class Compiled:
     output_mib: float
     temp_mib: float
     code_mib: float
+    error: str = ""  # what XLA refused (e.g. out of device memory); the numbers are 0 then
 
     @property
     def total_mib(self) -> float:
@@ -128,13 +129,18 @@ def compile_stage(config: ml_collections.ConfigDict, devices: Any, name: str = "
         for phase, fn in c.phases:
             t0 = time.perf_counter()
             lowered = fn.lower(c.abstract, carry, *frozen)
-            compiled = lowered.compile()
-            mem = compiled.memory_analysis()
-            mib = 1 / 2**20
-            out.append(Compiled(
-                name or config.stage, config.stage, phase, time.perf_counter() - t0,
-                mem.argument_size_in_bytes * mib, mem.output_size_in_bytes * mib,
-                mem.temp_size_in_bytes * mib, mem.generated_code_size_in_bytes * mib))
+            try:
+                mem = lowered.compile().memory_analysis()
+            except jax.errors.JaxRuntimeError as e:  # e.g. more memory than the device has
+                out.append(Compiled(name or config.stage, config.stage, phase,
+                                    time.perf_counter() - t0, 0, 0, 0, 0,
+                                    " ".join(str(e).split())[:300]))
+            else:
+                mib = 1 / 2**20
+                out.append(Compiled(
+                    name or config.stage, config.stage, phase, time.perf_counter() - t0,
+                    mem.argument_size_in_bytes * mib, mem.output_size_in_bytes * mib,
+                    mem.temp_size_in_bytes * mib, mem.generated_code_size_in_bytes * mib))
             carry = jax.eval_shape(fn, c.abstract, carry, *frozen)
     return out
 
@@ -143,20 +149,33 @@ def compile_config(config: ml_collections.ConfigDict, devices: Any) -> list[Comp
     """Every training stage of a pipeline config (or the one stage of a stage config)."""
     if config.stage != "pipeline":
         return compile_stage(config, devices)
-    out = []
+    out, seen = [], {}
     for name in config.order:
         stage_cfg = config.stages[name]
-        if stage_cfg.stage in TRAINING:
-            out += compile_stage(stage_cfg, devices, name)
+        if stage_cfg.stage not in TRAINING:
+            continue
+        # Stages that differ only in their data and start (reward and judge) share one step.
+        key = {k: v for k, v in stage_cfg.to_dict().items() if k not in ("data", "init_from")}
+        key = config_lib.to_json(ml_collections.ConfigDict(key))
+        if key in seen:
+            print(f"{name}: the same step as {seen[key]}", file=sys.stderr)
+            continue
+        seen[key] = name
+        out += compile_stage(stage_cfg, devices, name)
     return out
 
 
 def table(rows: list[Compiled]) -> str:
     lines = ["| stage | phase | compile s | argument MiB | output MiB | temp MiB | code MiB | "
              "total MiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.stage} ({r.kind}) | {r.phase} | {r.seconds:.1f} | {r.argument_mib:,.1f} | "
-              f"{r.output_mib:,.1f} | {r.temp_mib:,.1f} | {r.code_mib:,.1f} | "
-              f"{r.total_mib:,.1f} |" for r in rows]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.stage} ({r.kind}) | {r.phase} | {r.seconds:.1f} | "
+                         f"does not compile: {r.error} |||||")
+        else:
+            lines.append(f"| {r.stage} ({r.kind}) | {r.phase} | {r.seconds:.1f} | "
+                         f"{r.argument_mib:,.1f} | {r.output_mib:,.1f} | {r.temp_mib:,.1f} | "
+                         f"{r.code_mib:,.1f} | {r.total_mib:,.1f} |")
     return "\n".join(lines)
 
 
@@ -178,12 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                 devices = topologies.get_topology_desc(args.topology, "tpu").devices
             except Exception as e:  # no libtpu, or a name libtpu does not know
                 raise GptjaxError(f"--topology {args.topology}: {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:300]} (it needs the libtpu "
-                                  "package: pip install \"jax[tpu]\")") from None
+                                  f"{' '.join(str(e).split())[:300]} (give a TPU slice such "
+                                  "as v5e:2x2; it needs the libtpu package: pip install "
+                                  "\"jax[tpu]\")") from None
         dev = devices or jax.devices()
         print(f"## {len(dev)} x {dev[0].device_kind}\n")
-        print(table(compile_config(config, devices)))
-        return 0
+        rows = compile_config(config, devices)
+        print(table(rows))
+        failed = [f"{r.stage} {r.phase}" for r in rows if r.error]
+        if failed:
+            print(f"gptjax aot: {len(failed)} step(s) do not compile for these devices: "
+                  f"{', '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
     return _main(sys.argv[1:] if argv is None else argv)
 
 

@@ -1,0 +1,47 @@
+"""Every training step of configs/chatgpt_gpt2_124m.py compiles ahead of time for a TPU slice
+(v5e:2x2) on this CPU host: `python -m gptjax.aot --topology`, XLA:TPU from the libtpu package,
+no TPU. The suite compiles the steps at a reduced shape (1 layer, 64 wide, 512 tokens, context
+128) to keep its time small; the full shape is the README's table (same command, no overrides).
+
+libtpu is looked up as an importable package, then in $GPTJAX_LIBTPU_PATH and .venv/libtpu (where
+.ci/run installs it: beside the environment, not in it, because with libtpu importable every JAX
+process probes for a TPU and logs errors)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+import pytest
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+SMALL = dict(n_layer=1, n_embd=64, n_head=2, vocab_size=512, block_size=128)
+
+
+def _libtpu_env() -> dict[str, str]:
+    if importlib.util.find_spec("libtpu") is not None:
+        return {}
+    for folder in (os.environ.get("GPTJAX_LIBTPU_PATH", ""), str(ROOT / ".venv" / "libtpu")):
+        if folder and os.path.isdir(os.path.join(folder, "libtpu")):
+            return {"PYTHONPATH": os.pathsep.join(filter(None, [
+                folder, os.environ.get("PYTHONPATH", "")]))}
+    pytest.skip("libtpu is not installed (pip install libtpu, or .ci/run's side folder "
+                ".venv/libtpu): the TPU compile needs XLA:TPU")
+
+
+def test_every_stage_of_the_gpt2_pipeline_compiles_for_a_tpu_slice():
+    env = {**_libtpu_env(), "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    small = [f"--config.stages.{s}.model.{k}={v}" for s in ("sft", "reward", "judge", "ppo")
+             for k, v in SMALL.items()]
+    r = run_cli("gptjax.aot", "--config", "configs/chatgpt_gpt2_124m.py", "--topology",
+                "v5e:2x2", *small, "--config.stages.ppo.ppo.max_new_tokens=16", env_extra=env,
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "## 4 x TPU v5 lite" in r.stdout
+    rows = re.findall(r"^\| (\w+) \((\w+)\) \| (\w+) \| ([\d.]+) \|", r.stdout, re.M)
+    assert [(s, k, p) for s, k, p, _ in rows] == [
+        ("sft", "sft", "step"), ("reward", "reward", "step"), ("ppo", "ppo", "rollout"),
+        ("ppo", "ppo", "scoring"), ("ppo", "ppo", "update")]
+    assert "judge: the same step as reward" in r.stderr
