@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     # <workdir>/corrupt_checkpoints/ (gptjax/checkpoint.py).
     c.train.resume = "latest"
     c.train.progress = True  # progress bar on stderr
+    c.train.progress_label = ""  # the bar's label; "" = the stage's name (a pipeline: "[3/8] sft")
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 6e-4

@@ -45,7 +45,8 @@ from gptjax.errors import GptjaxError
 
 REF = "@"  # "@name": the folder of stage `name` of this pipeline
 # Settings that change how a stage reports, not what it computes: changing them redoes nothing.
-NOT_RESULTS = ("train.progress", "train.resume", "train.async_checkpoint")
+NOT_RESULTS = ("train.progress", "train.progress_label", "train.resume",
+               "train.async_checkpoint")
 MARKER = workdir_lib.PIPELINE_STAGE_FILE
 
 
@@ -313,6 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
             results[name] = None
             continue
         stage_cfg = resolve(config.stages[name], workdir)
+        stage_cfg.train.progress_label = f"[{i + 1}/{len(order)}] {name}"
         print(f"{head} ({stage_cfg.stage}) in {folder}"
               + (" (resuming)" if mark is not None else ""), file=sys.stderr, flush=True)
         train.check_stage(stage_cfg, folder)

@@ -162,7 +162,7 @@ class _Log:
         self.tcfg, self.stage, self.saver = config.train, stage, saver
         chief = jax.process_index() == 0
         self.progress = Progress(self.tcfg.steps, step, enabled=self.tcfg.progress and chief,
-                                 desc=stage.name)
+                                 desc=self.tcfg.progress_label or stage.name)
         self.writer = MetricsWriter(workdir, enabled=chief)
         self.note = self.progress.write if chief else (lambda _: None)
         peak, self.peak_source = peak_flops_per_device()
