@@ -30,6 +30,7 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     # Both before any JAX backend starts: XLA's host device count (per process) and the
     # distributed runtime, which the backends need to see every process's devices.
     rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits
+            else config.grpo.batch_prompts if config.stage == "grpo"
             else config.train.batch_size // max(config.train.grad_accum, 1))
     runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
     distributed.initialize(dist)
@@ -45,6 +46,9 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     if config.stage == "ppo":
         from gptjax.loops import ppo
         return ppo.run(config, workdir)
+    if config.stage == "grpo":
+        from gptjax.loops import grpo
+        return grpo.run(config, workdir)
     from gptjax.config import validate
     validate(config)  # raises for an unknown stage
 
