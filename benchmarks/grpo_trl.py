@@ -10,13 +10,15 @@ reference model's log-probs (beta = 0.04) and one on-policy AdamW step per itera
 num_iterations = 1, steps_per_generation = 1; gptjax: grpo.epochs = num_minibatches = 1, the
 stage `grpo` run by the one trainer, `trainer.fit`). tokens/s = B * K * (P + N) / the median
 iteration's seconds (compilation and TRL's first steps left out: --warmup iterations each).
+A round's time per iteration is the mean over its timed iterations (gptjax reads metrics one
+step late, so only the sum of its logged windows is exact); the table gives the median over
+rounds.
 
 Every side runs in its own process pinned to the same --threads cores (gptjax's with this
 Python, TRL's with the peer virtual environment's: make it with
 `python3.11 -m venv .venv-trl && .venv-trl/bin/pip install torch==2.13.0 trl==1.16.0
-transformers==5.24.0`). The sides alternate, --rounds times; the table gives the medians over
-all timed iterations and the ratio is the median of the per-round ratios (the machine's speed
-drifts from minute to minute when it is shared).
+transformers==5.24.0`). The sides alternate, --rounds times, and the ratio is the median of the
+per-round ratios (the machine's speed drifts from minute to minute when it is shared).
 """
 
 from __future__ import annotations
@@ -117,6 +119,10 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="small")
@@ -155,16 +161,22 @@ def main() -> int:
     for shape, res in results.items():
         s = res["spec"]
         tokens = s["prompts"] * s["samples"] * (s["prompt_len"] + s["new_tokens"])
-        g = median([t for rd in res["rounds"] for t in rd["gptjax"]["iteration_s"]])
-        t = median([x for rd in res["rounds"] for x in rd["trl"]["iteration_s"]])
-        ratio = median([median(rd["trl"]["iteration_s"]) / median(rd["gptjax"]["iteration_s"])
-                        for rd in res["rounds"]])
+        per = {side: [mean(rd[side]["iteration_s"]) for rd in res["rounds"]]
+               for side in ("gptjax", "trl")}
+        g, t = median(per["gptjax"]), median(per["trl"])
+        ratio = median([b / a for a, b in zip(per["gptjax"], per["trl"])])
+        res.update(per_round_s=per, ratio=ratio)
         rows.append(f"| {shape} | {s['prompts']} x {s['samples']} | {s['prompt_len']} + "
                     f"{s['new_tokens']} | {g:.3f} | {t:.3f} | {tokens / g:,.0f} | "
                     f"{tokens / t:,.0f} | **{ratio:.1f}x** |")
     print("| shape | prompts x answers | P + N tokens | gptjax s/iter | TRL s/iter | gptjax "
           "tokens/s | TRL tokens/s | gptjax / TRL (median of rounds) |\n"
           "|---|---|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+    for shape, res in results.items():
+        per = res["per_round_s"]
+        print(f"{shape}: per-round s/iter gptjax {[round(x, 3) for x in per['gptjax']]}, TRL "
+              f"{[round(x, 2) for x in per['trl']]}; gptjax phases (last round, median s): "
+              f"{res['rounds'][-1]['gptjax']['phases']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
