@@ -18,13 +18,14 @@ def get_config():
     c.grpo.rewards = "exact_match:1"
     c.grpo.batch_prompts = 16
     c.grpo.samples_per_prompt = 8
-    c.grpo.max_new_tokens = 48  # the longest worked answer is 45 tokens with its <|end|>
-    c.grpo.max_prompt_tokens = 14  # "<|user|>9999+9999<|end|><|assistant|>" is 12
+    c.grpo.max_new_tokens = 40  # the longest worked answer is 34 tokens with its <|end|>
+    c.grpo.max_prompt_tokens = 12  # "<|user|>999+999<|end|><|assistant|>" is 10
     c.grpo.eval_prompts = 200
-    c.grpo.beta = 0.04
-    c.grpo.clip_high = 0.28  # DAPO's clip-higher
-    c.grpo.epochs = 2
-    c.grpo.num_minibatches = 2
+    # No reference model (TRL's and DAPO's default): one forward less per iteration
+    c.grpo.beta = 0.0
+    c.grpo.clip_high = 0.28  # DAPO's clip-higher (bites when epochs or num_minibatches > 1)
+    c.grpo.epochs = 1  # on-policy: one AdamW step on fresh answers per iteration
+    c.grpo.num_minibatches = 1
     c.train.steps = 300  # iterations
     c.train.log_every = 1
     c.train.eval_every = 20

@@ -28,7 +28,7 @@ import argparse
 import random
 import sys
 
-DIGITS = 4
+DIGITS = 3
 TEST_MODULUS = 16
 MARKER = "so"  # the final sum follows it
 

@@ -16,8 +16,9 @@ The task (`gptjax.rl.tasks`: the shipped addition task, GSM8K, or a .jsonl) give
 prompts and held-out ones. Iteration i answers the next batch_prompts of a fresh shuffle per pass
 (grain's `MapDataset.shuffle().repeat()` read at positions i * B ..): the data position is the
 step, so a resumed run continues exactly. Every train.eval_every iterations (and at step 0) the
-policy answers the held-out prompts greedily: eval_exact_match, eval_format, eval_unparsed,
-eval_length, and the first grpo.samples_logged answers appended to samples.jsonl.
+policy answers the held-out prompts once greedily (eval_exact_match, eval_format,
+eval_unparsed, eval_length) and once sampled at the rollout's temperature (the same with
+_sampled), and the first grpo.samples_logged greedy answers are appended to samples.jsonl.
 
 With epochs = num_minibatches = 1 the update is on-policy: pi_old is pi itself (stop-gradient),
 so the scoring phase skips the old log-probs' forward, as TRL does. With beta = 0 and no reward
@@ -206,34 +207,45 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
             trainer.Phase("scoring", scoring_phase), trainer.Phase("update", update_phase))
 
 
-def make_eval(su: Setup, layout: trainer.Layout):
-    """eval(state, data[, frozen]) -> greedy answers to the held-out prompts."""
-    rc = dataclasses.replace(su.rc, samples_per_prompt=1, temperature=0.0)
-    n = rc.max_new_tokens
+def make_eval(su: Setup, seed: int, layout: trainer.Layout):
+    """eval(state, data[, frozen]) -> one greedy and one sampled answer (the rollout's
+    temperature) to each held-out prompt; the sampling key is fold_in(seed, step)."""
+    n = su.rc.max_new_tokens
+    base = jax.random.fold_in(jax.random.key(seed), 0x4556)
 
     def eval_fn(state, data, frozen=None):
-        s = rollout.sample(state.params, su.cfg, data["prompts"], data["lengths"],
-                           jax.random.key(0), rc, layout.mesh, layout.rules)
-        return {"tokens": s.tokens[:, -n:], "lengths": s.response_lengths}
+        out = {}
+        for mode, t in (("greedy", 0.0), ("sampled", su.rc.temperature)):
+            rc = dataclasses.replace(su.rc, samples_per_prompt=1, temperature=t)
+            s = rollout.sample(state.params, su.cfg, data["prompts"], data["lengths"],
+                               jax.random.fold_in(base, state.step), rc, layout.mesh,
+                               layout.rules)
+            out.update({f"{mode}_tokens": s.tokens[:, -n:], f"{mode}_lengths": s.response_lengths})
+        return out
     return eval_fn
 
 
 def report_eval(workdir: str, su: Setup, logged: int, step: int, out: dict[str, np.ndarray]
                 ) -> dict[str, float]:
-    """Check the held-out answers; append the first `logged` to samples.jsonl (process 0)."""
-    k = len(su.test.ids)
-    answers = decode_answers(su.tokenizer, out["tokens"][:k], out["lengths"][:k], su.rc.eos_id)
-    r = verifiers.score(answers, su.test.references, su.weights, su.task.marker)
-    if jax.process_index() == 0 and logged:
-        with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
-            for i in range(min(logged, k)):
-                f.write(json.dumps({"step": step, "prompt": su.tokenizer.decode(su.test.ids[i]),
-                                    "answer": answers[i], "reference": su.test.references[i],
-                                    "exact_match": bool(r["exact_match"][i])},
-                                   ensure_ascii=False) + "\n")
-    return {"eval_exact_match": float(r["exact_match"].mean()),
-            "eval_format": float(r["format"].mean()), "eval_unparsed": float(r["unparsed"].mean()),
-            "eval_length": float(out["lengths"][:k].mean())}
+    """Check the held-out answers; append the first `logged` greedy ones to samples.jsonl."""
+    k, metrics = len(su.test.ids), {}
+    for mode, suffix in (("greedy", ""), ("sampled", "_sampled")):
+        answers = decode_answers(su.tokenizer, out[f"{mode}_tokens"][:k],
+                                 out[f"{mode}_lengths"][:k], su.rc.eos_id)
+        r = verifiers.score(answers, su.test.references, su.weights, su.task.marker)
+        metrics.update({f"eval_exact_match{suffix}": float(r["exact_match"].mean()),
+                        f"eval_format{suffix}": float(r["format"].mean()),
+                        f"eval_unparsed{suffix}": float(r["unparsed"].mean()),
+                        f"eval_length{suffix}": float(out[f"{mode}_lengths"][:k].mean())})
+        if mode == "greedy" and jax.process_index() == 0 and logged:
+            with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
+                for i in range(min(logged, k)):
+                    f.write(json.dumps({"step": step,
+                                        "prompt": su.tokenizer.decode(su.test.ids[i]),
+                                        "answer": answers[i], "reference": su.test.references[i],
+                                        "exact_match": bool(r["exact_match"][i])},
+                                       ensure_ascii=False) + "\n")
+    return metrics
 
 
 def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer.Stage:
@@ -274,7 +286,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
         n_eval = -(-len(su.test.ids) // b) * b  # rows: a multiple of the prompt batch
         tokens, lengths = sampling.left_pad(
             [su.test.ids[i % len(su.test.ids)] for i in range(n_eval)], width)
-        ev = trainer.Eval(make=lambda layout: make_eval(su, layout),
+        ev = trainer.Eval(make=lambda layout: make_eval(su, seed, layout),
                           data={"prompts": mine(tokens), "lengths": mine(lengths)}, leading=0,
                           at_start=bool(g.eval_at_start),
                           report=lambda step, out: report_eval(workdir, su, g.samples_logged,
