@@ -50,7 +50,7 @@ def grpo_args(sft: str, task: str, workdir, steps: int, *extra):
             f"--config.grpo.task={task}", "--config.grpo.batch_prompts=8",
             "--config.grpo.samples_per_prompt=4", "--config.grpo.max_new_tokens=6",
             "--config.grpo.max_prompt_tokens=12", "--config.grpo.eval_prompts=8",
-            "--config.grpo.epochs=1", "--config.grpo.num_minibatches=1",
+            "--config.grpo.epochs=1", "--config.grpo.num_minibatches=1", "--config.grpo.beta=0.04",
             "--config.optim.lr=1e-2", "--config.optim.min_lr=1e-2",
             "--config.optim.warmup_steps=0", f"--config.train.steps={steps}",
             "--config.train.eval_every=10", "--config.train.checkpoint_every=10",
