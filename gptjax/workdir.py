@@ -37,8 +37,9 @@ class TrainedModel:
     step: int
 
 
-LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo")  # workdirs whose `params` are a GPT
-CHAT_STAGES = ("sft", "ppo")  # ... trained to answer in turns
+# workdirs whose `params` are a GPT
+LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo", "grpo", "dpo")
+CHAT_STAGES = ("sft", "ppo", "grpo", "dpo")  # ... trained to answer in turns
 # Model options that change how a model runs, not its parameters (a run may change them).
 RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
 

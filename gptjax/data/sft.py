@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from gptjax.data import formats, shipped, sources
+from gptjax.data import addition, formats, shipped, sources
 from gptjax.data.chat import Conversation, parse_human_assistant, render
 from gptjax.data.sources import split
 from gptjax.data.tokenizer import Tokenizer
@@ -110,6 +110,7 @@ def read_self_instruct(root: str) -> list[Conversation]:
 READERS: dict[str, Callable[[str], list[Conversation]]] = {
     "hh-rlhf": read_hh_rlhf_chosen, "topical-chat": read_topical_chat, "kdconv": read_kdconv,
     "gsm8k": read_gsm8k, "self-instruct": read_self_instruct,
+    "addition": lambda root: addition.sft_conversations(),  # shipped: gptjax/data/addition.py
 }
 
 
