@@ -179,3 +179,30 @@ def test_a_read_only_or_full_workdir_is_one_line(small_pipeline, tmp_path, optio
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert cause in errors[0] and "rerun the same command" in errors[0]
     assert str(mnt) in errors[0]  # where it could not write
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--config.order=('prepare','pretrain','nosuch')",),
+     "order names stage 'nosuch', which has no config"),
+    (("--config.stages.sft.stage=dpo_nope",), "stages.sft.stage='dpo_nope': a pipeline stage is"),
+    (("--config.stages.sft.init_from=@ppo",), "'ppo' is not a stage before 'sft'"),
+])
+def test_an_unknown_stage_is_one_line_and_writes_nothing(tmp_path, extra, words):
+    wd = tmp_path / "chatgpt"
+    r = run_cli("gptjax.train", "--config", small.CONFIG, "--workdir", str(wd), *extra,
+                timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.count("gptjax: error:") == 1 and "Traceback" not in r.stderr
+    assert words in r.stderr
+    assert not wd.exists()
+
+
+def test_a_workdir_of_a_single_stage_run_is_refused(tmp_path):
+    wd = tmp_path / "sft_run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"stage": "sft"}))
+    r = run_cli("gptjax.train", "--config", small.CONFIG, "--workdir", str(wd), timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.count("gptjax: error:") == 1 and "Traceback" not in r.stderr
+    assert "holds a 'sft' run" in r.stderr and "not a pipeline" in r.stderr
+    assert sorted(os.listdir(wd)) == ["config.json"]

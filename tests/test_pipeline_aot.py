@@ -1,11 +1,15 @@
 """Every training step of configs/chatgpt_gpt2_124m.py compiles ahead of time for a TPU slice
 (v5e:2x2) on this CPU host: `python -m gptjax.aot --topology`, XLA:TPU from the libtpu package,
 no TPU. The suite compiles the steps at a reduced shape (1 layer, 64 wide, 512 tokens, context
-128) to keep its time small; the full shape is the README's table (same command, no overrides).
+128) to keep its time small; the full shape is the same command without the overrides.
 
-libtpu is looked up as an importable package, then in $GPTJAX_LIBTPU_PATH and .venv/libtpu (where
-.ci/run installs it: beside the environment, not in it, because with libtpu importable every JAX
-process probes for a TPU and logs errors)."""
+libtpu is looked up as an importable package, then in $GPTJAX_LIBTPU_PATH and .venv/libtpu; the
+test skips without it. .ci/run does not install it: with libtpu importable every JAX process of
+the suite probes for a TPU and logs errors. To run it, install libtpu in a folder beside the
+environment (the release jax[tpu] pins: 0.0.42.1 for jax 0.10.2) and the test finds it:
+
+    pip install --no-deps --target .venv/libtpu libtpu==0.0.42.1
+    python -m pytest tests/test_pipeline_aot.py"""
 
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ def _libtpu_env() -> dict[str, str]:
         if folder and os.path.isdir(os.path.join(folder, "libtpu")):
             return {"PYTHONPATH": os.pathsep.join(filter(None, [
                 folder, os.environ.get("PYTHONPATH", "")]))}
-    pytest.skip("libtpu is not installed (pip install libtpu, or .ci/run's side folder "
-                ".venv/libtpu): the TPU compile needs XLA:TPU")
+    pytest.skip("libtpu is not installed (the TPU compile needs XLA:TPU): pip install "
+                "--no-deps --target .venv/libtpu libtpu, or set GPTJAX_LIBTPU_PATH")
 
 
 def test_every_stage_of_the_gpt2_pipeline_compiles_for_a_tpu_slice():
