@@ -24,6 +24,7 @@ list of folders. Nothing else is special.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -33,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -250,6 +252,24 @@ def _compile_cache(folder: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@contextlib.contextmanager
+def _disk_errors(who: str, folder: str) -> Iterator[None]:
+    """A full, read-only or forbidden disk while `who` writes in `folder`: one line naming both
+    (any other OSError is a bug and propagates)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise GptjaxError(
+            f"{who} could not write in {folder}: {e.strerror or e}{where}. Free space on that "
+            "disk (or fix its permissions), then rerun the same command: the finished stages "
+            "are kept and an unfinished one runs again (a training stage resumes from its "
+            "newest checkpoint)."
+        ) from None
+
+
 @dataclasses.dataclass
 class PipelineResult:
     stages: dict[str, Any]  # name -> the stage's result (None when skipped)
@@ -296,7 +316,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     redo = _redo_from(config, workdir)
     if redo is not None:
         _supersede(config, workdir, *redo)
-    workdir_lib.write_config(config, workdir)
+    with _disk_errors("the pipeline", workdir):
+        workdir_lib.write_config(config, workdir)
     rows = [r for r in (_rows(config.stages[n]) for n in config.order) if r]
     runtime.configure_cpu_devices(config.runtime.cpu_devices, math.gcd(*rows) if rows else 1)
     distributed.initialize(dist)
@@ -323,27 +344,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         attempts.append({"started": time.time(), "seconds": None})
         state = {"stage": name, "kind": stage_cfg.stage, "config": section(config, name),
                  "done": False, "attempts": attempts}
-        os.makedirs(folder, exist_ok=True)
-        workdir_lib.write_json(folder, MARKER, state)
+        with _disk_errors(f"stage {name}", folder):
+            os.makedirs(folder, exist_ok=True)
+            workdir_lib.write_json(folder, MARKER, state)
         t0, c0 = time.perf_counter(), time.process_time()
-        try:
+        with _disk_errors(f"stage {name}", folder):
             result = train.dispatch(stage_cfg, folder)
-        except OSError as e:
-            if e.errno not in ENVIRONMENT_ERRNOS:
-                raise
-            where = f" ({e.filename})" if e.filename else ""
-            raise GptjaxError(
-                f"stage {name} could not write in {folder}: {e.strerror or e}{where}. Free space "
-                "on that disk (or fix its permissions), then rerun the same command: the "
-                f"finished stages are kept and {name} runs again (a training stage resumes "
-                "from its newest checkpoint)."
-            ) from None
         attempts[-1]["seconds"] = time.perf_counter() - t0
         attempts[-1]["cpu_seconds"] = time.process_time() - c0  # every thread of the process
         interrupted = getattr(result, "interrupted_by", None)
         state.update(done=interrupted is None, seconds=before + attempts[-1]["seconds"],
                      cpu_seconds=sum(a.get("cpu_seconds") or 0 for a in attempts))
-        workdir_lib.write_json(folder, MARKER, state)
+        with _disk_errors(f"stage {name}", folder):
+            workdir_lib.write_json(folder, MARKER, state)
         results[name] = result
         if interrupted is not None:
             print(f"gptjax pipeline: stopped in stage {name} (signal {interrupted}); rerun the "
@@ -355,6 +368,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     report = None
     if config.report.enabled:
         from gptjax.report import write as write_report  # (matplotlib: only when reporting)
-        report = write_report(workdir)
+        with _disk_errors("the report", workdir):
+            report = write_report(workdir)
         print(f"gptjax pipeline: wrote {report} and report.html", file=sys.stderr, flush=True)
     return PipelineResult(results, None, report)

@@ -32,7 +32,8 @@ def _libtpu_env() -> dict[str, str]:
             return {"PYTHONPATH": os.pathsep.join(filter(None, [
                 folder, os.environ.get("PYTHONPATH", "")]))}
     pytest.skip("libtpu is not installed (the TPU compile needs XLA:TPU): pip install "
-                "--no-deps --target .venv/libtpu libtpu, or set GPTJAX_LIBTPU_PATH")
+                "--no-deps --target .venv/libtpu libtpu==<jax[tpu]'s pin>, or set "
+                "GPTJAX_LIBTPU_PATH")
 
 
 def test_every_stage_of_the_gpt2_pipeline_compiles_for_a_tpu_slice():

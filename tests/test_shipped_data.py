@@ -33,7 +33,7 @@ def test_the_default_root_reads_every_named_set_from_the_package():
     assert base_config().data.root == ""
     sizes = {name: len(sft_data.read_source(name, "")) for name in sft_data.READERS}
     assert sizes == {"hh-rlhf": 2312, "topical-chat": 240, "kdconv": 90, "gsm8k": 1500,
-                     "self-instruct": 175}
+                     "self-instruct": 175, "addition": 400}
     assert {n: len(preferences.read_source(n, "")) for n in preferences.READERS} == {
         "hh-rlhf": 2307, "finegrained-rlhf": 120}
     for folder in shipped.SUBSETS:  # each subset keeps its license and source note
