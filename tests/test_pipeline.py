@@ -55,6 +55,8 @@ def test_every_stage_runs_in_its_folder_and_the_report_is_filled(small_pipeline)
     for w in rep["win_rates"].values():
         # (of the first 8 held-out prompts, those that fit the 64-token context beside 8 new)
         assert w["ci_low"] <= w["win_rate"] <= w["ci_high"] and 3 <= w["prompts"] <= 8
+        n = w["length_matched_comparisons"]  # the eval's length-matched pairs, read through
+        assert (w["length_matched_win_rate"] is None) == (n == 0) and 0 <= n <= 8
     ppo = rep["ppo"]["ppo"]
     for key in ("score", "kl", "beta", "response_length", "ptx_loss"):
         assert ppo[f"last_{key}"] is not None, key

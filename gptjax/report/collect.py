@@ -99,9 +99,12 @@ def _win_rate(ev: dict[str, Any], names: dict[str, str]) -> dict[str, Any] | Non
     if not w:
         return None
     keep = ("win_rate", "ci_low", "ci_high", "wins", "ties", "losses", "prompts",
-            "length_matched_win_rate", "mean_length_a", "mean_length_b")
+            "mean_length_a", "mean_length_b", "length_tolerance")
+    matched = w.get("length_matched") or {}  # the pairs of about equally long answers
     return {"a": names.get(w["a"], w["a"]), "b": names.get(w["b"], w["b"]),
-            "judge": names.get(w["judge"], w["judge"]), **{k: w.get(k) for k in keep}}
+            "judge": names.get(w["judge"], w["judge"]), **{k: w.get(k) for k in keep},
+            "length_matched_win_rate": matched.get("win_rate") if matched.get("comparisons")
+            else None, "length_matched_comparisons": matched.get("comparisons", 0)}
 
 
 def collect(workdir: str) -> dict[str, Any]:

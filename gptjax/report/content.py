@@ -137,7 +137,8 @@ def _win_rates(rep: dict[str, Any], figs: dict[str, str]) -> list[Block]:
     rows = [[f"{w['a']} over {w['b']}", w["judge"], f(w["win_rate"]),
              f"[{f(w['ci_low'])}, {f(w['ci_high'])}]",
              f"{w['wins']} / {w['ties']} / {w['losses']}", f(w["prompts"]),
-             f(w.get("length_matched_win_rate"))] for w in rates.values()]
+             f"{f(w.get('length_matched_win_rate'))} ({w.get('length_matched_comparisons', 0)} "
+             "pairs)"] for w in rates.values()]
     judges = sorted({w["judge"] for w in rates.values()})
     out: list[Block] = [Heading("Win rates"), Table(
         ["comparison", "judge", "win rate", "95% interval", "wins / ties / losses", "prompts",
@@ -147,7 +148,10 @@ def _win_rates(rep: dict[str, Any], figs: dict[str, str]) -> list[Block]:
                     for n, m in rep["reward_models"].items() if n in judges)
         + "; " + "; ".join(f"PPO optimised `{n}` ({_data_part(m['data'])})"
                            for n, m in rep["reward_models"].items() if m.get("optimised_by"))
-        + ". The interval is a bootstrap over prompts.")]
+        + ". The interval is a bootstrap over prompts; the length-matched win rate counts "
+        "only the pairs of answers whose lengths (in characters) differ by at most "
+        + ", ".join(sorted({f"{100 * (w.get('length_tolerance') or 0):.0f}%"
+                            for w in rates.values()})) + " of the longer one.")]
     if "win_rates" in figs:
         out.append(Image(figs["win_rates"], "win rates with 95% intervals"))
     return out
