@@ -2,6 +2,7 @@
 
     python -m gptjax.convert --from-hf HF_DIR --workdir DIR   # HF -> a gptjax workdir at step 0
     python -m gptjax.convert --workdir DIR --to-hf OUT_DIR    # DIR's latest checkpoint -> HF
+    python -m gptjax.convert --workdir DIR --merge-lora OUT   # LoRA workdir -> a plain workdir
 
 HF_DIR is what `GPT2LMHeadModel.save_pretrained` writes: config.json and model.safetensors (or
 shards listed in model.safetensors.index.json). HF's Conv1D stores weights as (in, out), the
@@ -42,7 +43,8 @@ from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
 USAGE = ("usage: python -m gptjax.convert --from-hf HF_DIR --workdir DIR\n"
-         "       python -m gptjax.convert --workdir DIR --to-hf OUT_DIR")
+         "       python -m gptjax.convert --workdir DIR --to-hf OUT_DIR\n"
+         "       python -m gptjax.convert --workdir DIR --merge-lora OUT_DIR")
 # HF activation_function -> gptjax model.activation (gelu_new and gelu_pytorch_tanh are both
 # the tanh approximation; gelu is the exact erf form).
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -337,6 +339,57 @@ def to_hf(workdir: str, out_dir: str) -> int:
     return step
 
 
+def merge_lora(workdir: str, out_dir: str) -> int:
+    """Write OUT_DIR, a plain workdir of DIR's LoRA-adapted model: its base (lora_base.json)
+    with the adapters merged in, W + (alpha / r) A B, as a full train state (fresh optimizer
+    moments) at DIR's latest step, with DIR's config (lora.rank 0), tokenizer and reports.
+    Every command that reads a workdir (sample, chat, --to-hf, init_from) then needs neither
+    the adapters nor the base. Returns the step."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from gptjax import step as step_lib
+    from gptjax.checkpoint import Checkpointer
+    from gptjax.model import GPT, RewardModel
+    from gptjax.optim import make_optimizer
+
+    if workdir_lib.lora_spec(workdir) is None:
+        raise GptjaxError(f"{workdir} trained no LoRA adapters (its config.json has lora.rank "
+                          "0): it is a plain workdir already")
+    if _has_checkpoints(out_dir) or os.path.abspath(out_dir) == os.path.abspath(workdir):
+        raise GptjaxError(f"--merge-lora {out_dir} already holds checkpoints (or is DIR); pass "
+                          "a new folder")
+    run = workdir_lib.run_config(workdir)
+    cfg = workdir_lib.model_config(workdir)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    if run.get("stage") == "reward":
+        module, args = RewardModel(cfg), (tokens, jnp.ones((1,), jnp.int32))
+    else:
+        module, args = GPT(cfg), (tokens,)
+    step, params = workdir_lib.restore_model(workdir, module, args)
+    run = {**run, "lora": {**run["lora"], "rank": 0}}
+    os.makedirs(out_dir, exist_ok=True)
+    skip = {workdir_lib.CONFIG_FILE, workdir_lib.LORA_BASE_FILE}
+    for name in sorted(os.listdir(workdir)):  # tokenizer.json and the stage's reports
+        src = os.path.join(workdir, name)
+        if os.path.isfile(src) and name.endswith((".json", ".jsonl")) and name not in skip:
+            with open(src, "rb") as f, open(os.path.join(out_dir, name), "wb") as g:
+                g.write(f.read())
+    workdir_lib.write_json(out_dir, workdir_lib.CONFIG_FILE, run)
+    params = jax.tree.map(jnp.asarray, params)
+    tx = make_optimizer(ml_collections.ConfigDict(run["optim"]))
+    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                                opt_state=tx.init(params))
+    ckpt = Checkpointer(out_dir, async_save=False)
+    try:
+        ckpt.save(step, state)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    return step
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -348,10 +401,16 @@ def main(argv: list[str] | None = None) -> int:
                            help="import: a folder written by GPT2LMHeadModel.save_pretrained")
     direction.add_argument("--to-hf", metavar="OUT_DIR",
                            help="export DIR's latest checkpoint into this folder")
+    direction.add_argument("--merge-lora", metavar="OUT_DIR",
+                           help="write DIR's LoRA-adapted model as a plain workdir")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.from_hf is not None:
         from_hf(args.from_hf, args.workdir)
         print(f"wrote {args.workdir}: config.json and a step-0 checkpoint from {args.from_hf}")
+    elif args.merge_lora is not None:
+        step = merge_lora(args.workdir, args.merge_lora)
+        print(f"wrote {args.merge_lora}: a plain workdir of {args.workdir}'s adapters merged "
+              f"into their base (step {step})")
     else:
         step = to_hf(args.workdir, args.to_hf)
         print(f"wrote {args.to_hf}: model.safetensors and config.json from step {step}")

@@ -18,7 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gptjax import sharding
 
-LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# loss_fn(params, batch, rng[, frozen]) -> (loss, aux metrics); `frozen`: the stage's frozen
+# models (a trainer.Frozen pytree: a reference model, a LoRA base), never differentiated.
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -50,26 +52,29 @@ def _split_micro(x: jax.Array, n: int, mesh: Mesh, rules: sharding.Rules) -> jax
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     seed: int, grad_accum: int, mesh: Mesh, rules: sharding.Rules):
     """The pure step. Gradients of `grad_accum` micro-batches are averaged in a lax.scan, so one
-    call is one optimizer step whatever the accumulation. Dropout keys: fold(seed, step, micro)."""
+    call is one optimizer step whatever the accumulation. Dropout keys: fold(seed, step, micro).
+    A stage with frozen models gets step(state, batch, frozen), and its loss loss_fn(params,
+    batch, rng, frozen): gradients are of `params` only."""
     base_key = jax.random.key(seed)
 
-    def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step_fn(state: TrainState, batch: Any, *frozen: Any
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(base_key, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if grad_accum == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, key)
+            (loss, aux), grads = grad_fn(state.params, batch, key, *frozen)
         else:
             micro = jax.tree.map(lambda x: _split_micro(x, grad_accum, mesh, rules), batch)
 
             def body(carry, xs):
                 i, mb = xs
-                (l, a), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+                (l, a), g = grad_fn(state.params, mb, jax.random.fold_in(key, i), *frozen)
                 acc_g, acc_l, acc_a = carry
                 return (jax.tree.map(jnp.add, acc_g, g), acc_l + l,
                         jax.tree.map(jnp.add, acc_a, a)), None
 
             (_, aux_shape), _ = jax.eval_shape(
-                grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), key)
+                grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), key, *frozen)
             zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
                      jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape))
             (grads, loss, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
@@ -85,17 +90,17 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
 
 
 def make_eval_step(loss_fn: LossFn):
-    """eval(state, batches (n, B, ...)) -> {'loss': mean, **{name: mean}}: the forward-only loss
-    and aux metrics of the state's parameters over a stack of batches, in one program (no
-    dropout).
+    """eval(state, batches (n, B, ...)[, frozen]) -> {'loss': mean, **{name: mean}}: the
+    forward-only loss and aux metrics of the state's parameters over a stack of batches, in one
+    program (no dropout).
 
     One dispatch for the whole validation set: besides saving n-1 launches, this keeps
     independent collective programs from being in flight together, which XLA:CPU's multi-device
     runtime can deadlock on.
     """
-    def eval_fn(state, batches):
+    def eval_fn(state, batches, *frozen):
         def one(b):
-            loss, aux = loss_fn(state.params, b, None)
+            loss, aux = loss_fn(state.params, b, None, *frozen)
             return {"loss": loss, **aux}
         return jax.tree.map(jnp.mean, jax.lax.map(one, batches))
     return eval_fn

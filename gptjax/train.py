@@ -45,6 +45,9 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
     if config.stage == "ppo":
         from gptjax.loops import ppo
         return ppo.run(config, workdir)
+    if config.stage == "dpo":
+        from gptjax.loops import dpo
+        return dpo.run(config, workdir)
     from gptjax.config import validate
     validate(config)  # raises for an unknown stage
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import config as config_lib
+from gptjax import lora
 from gptjax.checkpoint import restore_params
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
@@ -25,6 +26,9 @@ from gptjax.model import GPT, GPTConfig
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+# A LoRA workdir's base: {"init_from": absolute path, "step": its checkpoint, "base_key": None
+# (the base is a GPT tree) or the key it sits under ("trunk"), "full": keys trained in full}
+LORA_BASE_FILE = "lora_base.json"
 
 
 @dataclasses.dataclass
@@ -111,14 +115,52 @@ def stage(workdir: str) -> str:
     return run_config(workdir).get("stage", "pretrain")
 
 
-def load_host(workdir: str) -> TrainedModel:
-    """Config, tokenizer and the latest checkpoint's GPT parameters as host numpy arrays."""
+def load_host(workdir: str, step: int | None = None) -> TrainedModel:
+    """Config, tokenizer and the latest (or `step`'s) checkpoint's GPT parameters as host numpy
+    arrays; a LoRA workdir's are its base with the adapters merged in."""
     cfg = model_config(workdir)
     tok = read_tokenizer(workdir)
-    shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
-        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
-    step, params = restore_params(workdir, shapes)
+    step, params = restore_model(workdir, GPT(cfg), (jnp.zeros((1, 1), jnp.int32),), step)
     return TrainedModel(cfg, params, tok, step)
+
+
+def lora_spec(workdir: str) -> lora.LoraSpec | None:
+    """The LoRA adapters a workdir trained (its config.json's lora section), or None."""
+    return lora.spec_from(run_config(workdir).get("lora"))
+
+
+def restore_model(workdir: str, module: nn.Module, init_args: tuple, step: int | None = None
+                  ) -> tuple[int, Any]:
+    """(step, host parameters of `module`) from the workdir's latest (or `step`'s) checkpoint.
+
+    A LoRA workdir's checkpoint holds only its adapters (and the parts it trained in full);
+    its base is read from the workdir named in lora_base.json, at the step recorded there, and
+    the adapters are merged into it: W + (alpha / r) A B."""
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *init_args)
+                                             ["params"]))
+    spec = lora_spec(workdir)
+    if spec is None:
+        return restore_params(workdir, shapes, step)
+    info = read_json(workdir, LORA_BASE_FILE)
+    if info is None:
+        raise GptjaxError(f"{workdir} trained LoRA adapters but has no {LORA_BASE_FILE} naming "
+                          "their base model; it cannot be rebuilt")
+    where = info["init_from"]
+    if not os.path.isdir(where):
+        raise GptjaxError(
+            f"{workdir} holds LoRA adapters on the model of {where} (step {info['step']}), which "
+            "is gone. Restore that workdir, or merge the adapters while it exists: python -m "
+            "gptjax.convert --workdir ADAPTERS --merge-lora OUT")
+    base = load_host(where, info["step"])
+    cfg = model_config(workdir)
+    base_params, _ = grow_vocab(base.params, base.cfg, cfg.vocab_size)
+    tree = base_params if info["base_key"] is None else {info["base_key"]: base_params}
+    full = tuple(info["full"])
+    adapters = jax.eval_shape(lambda: nn.unbox(lora.init(
+        jax.random.key(0), spec, lora.sites(module, spec, *init_args))))
+    step, saved = restore_params(workdir, {"lora": adapters, **{k: shapes[k] for k in full}},
+                                 step)
+    return step, lora.merge({**tree, **{k: saved[k] for k in full}}, saved["lora"], spec)
 
 
 def load(workdir: str) -> TrainedModel:

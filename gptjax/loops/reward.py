@@ -24,7 +24,7 @@ from gptjax import losses, sharding
 from gptjax import reward_model as rm
 from gptjax import workdir as workdir_lib
 from gptjax.data import preferences
-from gptjax.loops import finetune, supervised, trainer
+from gptjax.loops import finetune, supervised, trainer, tuning
 from gptjax.model import RewardModel
 
 
@@ -71,16 +71,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount)
     val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     answers = tcfg.batch_size * data.k_max
+    # LoRA: adapters on the SFT trunk, the new head trained in full
+    tune = tuning.make(config, workdir, model,
+                       (jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)),
+                       {"trunk": s.params}, initial_params, s.init_step, full_keys=("head",),
+                       base_key="trunk")
     result = trainer.fit(config, workdir, supervised.loss_stage(
-        config, "reward", init, rm.rm_loss_fn(model, s.cfg.dropout > 0),
+        config, "reward", tune.init, tune.wrap(rm.rm_loss_fn(model, s.cfg.dropout > 0)),
         # batch i holds records [i*B, (i+1)*B) whatever the process count
         data=trainer.Data.of_iterator(train_it, position_global=True), val=val_set,
-        initial=initial_params, tokens_per_step=answers * seq_len,
-        flops_per_token=s.cfg.flops_per_token(seq_len),
-        num_params=s.cfg.num_params(non_embedding=False)))
+        initial=tune.initial, frozen=tune.frozen, tokens_per_step=answers * seq_len,
+        flops_per_token=tune.flops_per_token(s.cfg.flops_per_token(seq_len)),
+        num_params=s.cfg.num_params(non_embedding=False), describe=tune.describe()))
     if result.interrupted_by is not None:
         return result
-    params = sharding.to_host(result.state.params)  # gathered when sharded over processes
+    # gathered when sharded over processes; LoRA adapters merged into the trunk
+    params = tune.merged(sharding.to_host(result.state.params), {"trunk": s.params})
     report = heldout_accuracy(params, s.cfg, data.val)
     workdir_lib.write_json(workdir, "reward_eval.json", report)
     msg = (f"reward model held-out accuracy {report['accuracy']:.3f} ± {report['stderr']:.3f} "

@@ -1,0 +1,156 @@
+"""What a fine-tuning stage trains: the whole init model, or LoRA adapters on it (frozen).
+
+    full   params = the init model's parameters; the optimizer holds moments for all of them
+    lora   params = {'lora': adapters, **the parts trained in full (the reward model's new
+           head)}; the init model is a `trainer.Frozen` model {'base': ...}: placed on the
+           devices once, never differentiated, no optimizer state. The checkpoint holds the
+           trainable tree alone; lora_base.json names the base (init_from and its step), from
+           which `workdir.restore_model` rebuilds the adapted model and
+           `python -m gptjax.convert --merge-lora` writes a plain workdir.
+
+The parameter tree is partitioned rather than masked (optax.masked / multi_transform would keep
+a frozen leaf in the optimized tree): the optimizer and the gradient see the trainable part
+only, so neither gradient buffers nor Adam moments exist for the base. SFT, the reward model
+and DPO build their stage from a Tuning; PPO / GRPO can too, with `rl_reference` as their
+reference policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from gptjax import lora
+from gptjax import workdir as workdir_lib
+from gptjax.errors import GptjaxError
+from gptjax.loops import trainer
+
+LORA_SALT = 0x10A  # the adapters' dropout key: fold_in(step key, LORA_SALT)
+
+
+@dataclasses.dataclass
+class Tuning:
+    spec: lora.LoraSpec | None  # None: full fine-tuning
+    init: Callable[[jax.Array], Any]  # rng -> the trainable tree, boxed (layout; LoRA's start)
+    initial: Callable[[], Any] | None  # full: host parameters to start from
+    frozen: trainer.Frozen | None  # lora: {'base': the init model (less the full keys)}
+    full_keys: tuple[str, ...] = ()  # top-level parts trained in full beside the adapters
+    trainable: int = 0  # trainable parameters
+    total: int = 0  # parameters of the model
+
+    def model_params(self, params: Any, frozen: Any = None) -> Any:
+        """The module's parameter tree (adapters not merged): the base with the fully trained
+        parts in place."""
+        if self.spec is None:
+            return params
+        return {**frozen["base"], **{k: params[k] for k in self.full_keys}}
+
+    def adapters(self, params: Any, rng: jax.Array | None = None):
+        """The context inside which the module computes with the adapters (dropout from rng)."""
+        if self.spec is None:
+            return contextlib.nullcontext()
+        key = None if rng is None else jax.random.fold_in(rng, LORA_SALT)
+        return lora.attached(params["lora"], self.spec, key)
+
+    def wrap(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A loss of the module's parameters, loss_fn(model_params, batch, rng), as the stage's
+        loss of its trainable ones: (params, batch, rng) or, under LoRA, (params, batch, rng,
+        frozen)."""
+        if self.spec is None:
+            return loss_fn
+
+        def wrapped(params, batch, rng, frozen):
+            with self.adapters(params, rng):
+                return loss_fn(self.model_params(params, frozen), batch, rng)
+        return wrapped
+
+    def merged(self, params: Any, base: Any) -> Any:
+        """Host parameters of the trained module, adapters merged: base (the init model's
+        tree less the full keys), params (the state's)."""
+        if self.spec is None:
+            return params
+        tree = {**base, **{k: params[k] for k in self.full_keys}}
+        return lora.merge(tree, params["lora"], self.spec)
+
+    def flops_per_token(self, full: float) -> float:
+        """Training FLOPs per token from the full-fine-tuning count 6N + ...: LoRA skips the
+        weight gradients of the base (a third of the matmul work; the adapters' own is
+        negligible)."""
+        return full if self.spec is None else full * 2.0 / 3.0
+
+    def describe(self) -> str:
+        if self.spec is None:
+            return f"full fine-tuning of {self.total / 1e6:.2f}M parameters"
+        return (f"LoRA rank {self.spec.rank}, alpha {self.spec.alpha:g} on "
+                f"{','.join(self.spec.targets)}: {self.trainable / 1e6:.3f}M of "
+                f"{self.total / 1e6:.2f}M parameters train")
+
+
+def make(config: ml_collections.ConfigDict, workdir: str, module: nn.Module, init_args: tuple,
+         base: Any, initial: Callable[[], Any], init_step: int, full_keys: tuple[str, ...] = (),
+         base_key: str | None = None) -> Tuning:
+    """The Tuning of config.lora for `module` (applied to init_args).
+
+    base: host parameters of the init model as the module's tree less `full_keys` (a GPT tree,
+    or {'trunk': GPT tree} for the reward model, `base_key` naming that key); initial(): the
+    full-fine-tuning start (the module's whole tree). Under LoRA writes lora_base.json."""
+    spec = lora.spec_from(config.lora)
+
+    def module_init(rng):
+        return module.init(rng, *init_args)["params"]
+
+    total = lora.num_params(nn.unbox(jax.eval_shape(module_init, jax.random.key(0))))
+    if spec is None:
+        return Tuning(None, module_init, initial, None, (), total, total)
+    targets = lora.sites(module, spec, *init_args)
+
+    def init(rng):
+        full = module_init(rng) if full_keys else {}
+        return {"lora": lora.init(jax.random.fold_in(rng, LORA_SALT), spec, targets),
+                **{k: full[k] for k in full_keys}}
+
+    def frozen_init(rng):
+        return {"base": {k: v for k, v in module_init(rng).items() if k not in full_keys}}
+
+    trainable = lora.num_params(nn.unbox(jax.eval_shape(init, jax.random.key(0))))
+    workdir_lib.write_json(workdir, workdir_lib.LORA_BASE_FILE, {
+        "init_from": os.path.abspath(config.init_from), "step": int(init_step),
+        "base_key": base_key, "full": list(full_keys)})
+    return Tuning(spec, init, None, trainer.Frozen(frozen_init, lambda: {"base": base}),
+                  tuple(full_keys), trainable, total)
+
+
+def rl_reference(tuning: Tuning, frozen: Any) -> Any:
+    """The reference policy of an RL stage (PPO, GRPO) trained with LoRA: the frozen base with
+    the adapters off, i.e. `frozen['base']` itself, not a second copy of the weights. The base
+    is the init model of `finetune.start(config)`, so init_from must be the SFT workdir: a LoRA
+    SFT workdir loads as its base with its adapters merged (the SFT model, not the pretrained
+    one under it; see `workdir.restore_model`). Call `check_rl_start` when setting the stage up.
+
+    The policy is the same tree under `tuning.adapters(params, rng)`; e.g. in a rollout phase:
+
+        with tuning.adapters(state.params):       # policy = base + adapters
+            samples = rollout.sample(tuning.model_params(state.params, frozen), ...)
+        ref_logp = rollout.policy_logprobs(rl_reference(tuning, frozen), ...)  # adapters off
+    """
+    if tuning.spec is None:
+        raise ValueError("rl_reference is the LoRA reference; a fully fine-tuned policy keeps "
+                         "its own frozen copy of the SFT model as the reference")
+    return frozen["base"]
+
+
+def check_rl_start(config: ml_collections.ConfigDict) -> None:
+    """Refuse an RL stage with LoRA whose init_from is not a fine-tuned chat model: the frozen
+    base doubles as the reference and must be the SFT (or DPO) model."""
+    kind = workdir_lib.stage(config.init_from)
+    if lora.spec_from(config.lora) is not None and kind not in ("sft", "dpo"):
+        raise GptjaxError(
+            f"stage {config.stage!r} with LoRA uses the init model as the frozen reference, but "
+            f"--config.init_from={config.init_from} is a {kind!r} workdir: pass the SFT workdir")
