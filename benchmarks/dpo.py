@@ -117,7 +117,8 @@ def _tokenizer(vocab: int):
     """A word-level tokenizer whose token i is the word 't<i>' (0..3: pad, eos, bos, unk)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    words = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"t{i}": i for i in range(4, vocab)}}
+    words = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3,
+             **{f"t{i}": i for i in range(4, vocab)}}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",

@@ -26,9 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"
     c.seed = 0
-    # sft / reward / ppo / dpo: the workdir whose latest parameters start this stage (its model shape and
-    # tokenizer are used; its optimizer state is not). Runtime model options (dropout, dtype,
-    # remat, attention) still come from this config's `model` section.
+    # sft / reward / ppo / dpo: the workdir whose latest parameters start this stage (its model
+    # shape and tokenizer are used; its optimizer state is not). Runtime model options (dropout,
+    # dtype, remat, attention) still come from this config's `model` section.
     c.init_from = ""
 
     c.model = ml_collections.ConfigDict(dataclasses.asdict(GPTConfig()))

@@ -339,57 +339,6 @@ def to_hf(workdir: str, out_dir: str) -> int:
     return step
 
 
-def merge_lora(workdir: str, out_dir: str) -> int:
-    """Write OUT_DIR, a plain workdir of DIR's LoRA-adapted model: its base (lora_base.json)
-    with the adapters merged in, W + (alpha / r) A B, as a full train state (fresh optimizer
-    moments) at DIR's latest step, with DIR's config (lora.rank 0), tokenizer and reports.
-    Every command that reads a workdir (sample, chat, --to-hf, init_from) then needs neither
-    the adapters nor the base. Returns the step."""
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-
-    from gptjax import step as step_lib
-    from gptjax.checkpoint import Checkpointer
-    from gptjax.model import GPT, RewardModel
-    from gptjax.optim import make_optimizer
-
-    if workdir_lib.lora_spec(workdir) is None:
-        raise GptjaxError(f"{workdir} trained no LoRA adapters (its config.json has lora.rank "
-                          "0): it is a plain workdir already")
-    if _has_checkpoints(out_dir) or os.path.abspath(out_dir) == os.path.abspath(workdir):
-        raise GptjaxError(f"--merge-lora {out_dir} already holds checkpoints (or is DIR); pass "
-                          "a new folder")
-    run = workdir_lib.run_config(workdir)
-    cfg = workdir_lib.model_config(workdir)
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    if run.get("stage") == "reward":
-        module, args = RewardModel(cfg), (tokens, jnp.ones((1,), jnp.int32))
-    else:
-        module, args = GPT(cfg), (tokens,)
-    step, params = workdir_lib.restore_model(workdir, module, args)
-    run = {**run, "lora": {**run["lora"], "rank": 0}}
-    os.makedirs(out_dir, exist_ok=True)
-    skip = {workdir_lib.CONFIG_FILE, workdir_lib.LORA_BASE_FILE}
-    for name in sorted(os.listdir(workdir)):  # tokenizer.json and the stage's reports
-        src = os.path.join(workdir, name)
-        if os.path.isfile(src) and name.endswith((".json", ".jsonl")) and name not in skip:
-            with open(src, "rb") as f, open(os.path.join(out_dir, name), "wb") as g:
-                g.write(f.read())
-    workdir_lib.write_json(out_dir, workdir_lib.CONFIG_FILE, run)
-    params = jax.tree.map(jnp.asarray, params)
-    tx = make_optimizer(ml_collections.ConfigDict(run["optim"]))
-    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                                opt_state=tx.init(params))
-    ckpt = Checkpointer(out_dir, async_save=False)
-    try:
-        ckpt.save(step, state)
-        ckpt.wait()
-    finally:
-        ckpt.close()
-    return step
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -408,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         from_hf(args.from_hf, args.workdir)
         print(f"wrote {args.workdir}: config.json and a step-0 checkpoint from {args.from_hf}")
     elif args.merge_lora is not None:
-        step = merge_lora(args.workdir, args.merge_lora)
+        step = workdir_lib.merge_lora(args.workdir, args.merge_lora)
         print(f"wrote {args.merge_lora}: a plain workdir of {args.workdir}'s adapters merged "
               f"into their base (step {step})")
     else:

@@ -2,7 +2,9 @@
 stage's small JSON reports, and the latest checkpoint's parameters.
 
 Shared by every stage (which writes them) and every command that uses a trained model (sample,
-chat, serve, eval, convert, and the stages that start from another stage's workdir).
+chat, serve, eval, convert, and the stages that start from another stage's workdir). A LoRA
+workdir (lora.rank > 0) reads back as its base with the adapters merged in (`restore_model`),
+and `merge_lora` writes that model as a plain workdir.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
-from gptjax import lora
-from gptjax.checkpoint import restore_params
+from gptjax import lora, step as step_lib
+from gptjax.checkpoint import Checkpointer, restore_params
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT, GPTConfig, RewardModel
+from gptjax.optim import make_optimizer
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -169,6 +173,49 @@ def load(workdir: str) -> TrainedModel:
     # Place the weights once: handing host arrays to every generate call (each chat turn) would
     # copy all of them to the device again each time.
     return dataclasses.replace(m, params=jax.device_put(m.params))
+
+
+def merge_lora(workdir: str, out_dir: str) -> int:
+    """Write OUT_DIR, a plain workdir of DIR's LoRA-adapted model: its base (lora_base.json)
+    with the adapters merged in, W + (alpha / r) A B, as a full train state (fresh optimizer
+    moments) at DIR's latest step, with DIR's config (lora.rank 0), tokenizer and reports.
+    Every command that reads a workdir (sample, chat, --to-hf, init_from) then needs neither
+    the adapters nor the base. Returns the step."""
+    if lora_spec(workdir) is None:
+        raise GptjaxError(f"{workdir} trained no LoRA adapters (its config.json has lora.rank "
+                          "0): it is a plain workdir already")
+    if (os.path.isdir(os.path.join(out_dir, "checkpoints"))
+            or os.path.abspath(out_dir) == os.path.abspath(workdir)):
+        raise GptjaxError(f"--merge-lora {out_dir} already holds checkpoints (or is DIR); pass "
+                          "a new folder")
+    run = run_config(workdir)
+    cfg = model_config(workdir)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    if run.get("stage") == "reward":
+        module, args = RewardModel(cfg), (tokens, jnp.ones((1,), jnp.int32))
+    else:
+        module, args = GPT(cfg), (tokens,)
+    step, params = restore_model(workdir, module, args)
+    run = {**run, "lora": {**run["lora"], "rank": 0}}
+    os.makedirs(out_dir, exist_ok=True)
+    skip = {CONFIG_FILE, LORA_BASE_FILE}
+    for name in sorted(os.listdir(workdir)):  # tokenizer.json and the stage's reports
+        src = os.path.join(workdir, name)
+        if os.path.isfile(src) and name.endswith((".json", ".jsonl")) and name not in skip:
+            with open(src, "rb") as f, open(os.path.join(out_dir, name), "wb") as g:
+                g.write(f.read())
+    write_json(out_dir, CONFIG_FILE, run)
+    params = jax.tree.map(jnp.asarray, params)
+    tx = make_optimizer(ml_collections.ConfigDict(run["optim"]))
+    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                                opt_state=tx.init(params))
+    ckpt = Checkpointer(out_dir, async_save=False)
+    try:
+        ckpt.save(step, state)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    return step
 
 
 def grow_vocab(params: Any, cfg: GPTConfig, vocab_size: int) -> tuple[Any, GPTConfig]:

@@ -187,6 +187,22 @@ def test_lora_dpo_with_precomputed_reference(inputs, tmp_path):
                            base.params["h_0"]["mlp"]["c_fc"]["kernel"])
     assert workdir_lib.lora_spec(wd) == lora.LoraSpec(4, 16.0, tuple(
         lora.DEFAULT_TARGETS.split(",")), 0.0)
+    # --merge-lora writes a plain workdir of that model, which exports to Hugging Face.
+    from gptjax import convert
+    out, hf = tmp_path / "merged", tmp_path / "hf"
+    assert convert.main(["--workdir", wd, "--merge-lora", str(out)]) == 0
+    assert workdir_lib.lora_spec(str(out)) is None
+    assert not (out / workdir_lib.LORA_BASE_FILE).exists()
+    plain = workdir_lib.load_host(str(out))
+    assert plain.step == 12
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(a, b)
+    assert convert.main(["--workdir", str(out), "--to-hf", str(hf)]) == 0
+    from safetensors.numpy import load_file
+    w = load_file(str(hf / "model.safetensors"))["transformer.h.0.mlp.c_fc.weight"]
+    np.testing.assert_array_equal(w, model.params["h_0"]["mlp"]["c_fc"]["kernel"])
+    with pytest.raises(GptjaxError, match="trained no LoRA adapters"):
+        workdir_lib.merge_lora(str(out), str(tmp_path / "again"))
 
 
 def test_identical_chosen_and_rejected_is_one_line(inputs, tmp_path, capsys, monkeypatch):

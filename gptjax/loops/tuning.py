@@ -87,10 +87,10 @@ class Tuning:
 
     def describe(self) -> str:
         if self.spec is None:
-            return f"full fine-tuning of {self.total / 1e6:.2f}M parameters"
+            return f"full fine-tuning of {self.total:,} parameters"
         return (f"LoRA rank {self.spec.rank}, alpha {self.spec.alpha:g} on "
-                f"{','.join(self.spec.targets)}: {self.trainable / 1e6:.3f}M of "
-                f"{self.total / 1e6:.2f}M parameters train")
+                f"{','.join(self.spec.targets)}: {self.trainable:,} of {self.total:,} "
+                f"parameters train ({self.trainable / self.total:.2%})")
 
 
 def make(config: ml_collections.ConfigDict, workdir: str, module: nn.Module, init_args: tuple,
