@@ -216,7 +216,7 @@ def main() -> None:
                worker_gptjax(args, args.rank if args.worker == "gptjax_lora" else 0))
         print(json.dumps(out))
         return
-    argv = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    argv = [f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "out")]
     peers = args.peers.split(",")
     results: dict[str, list[dict]] = {p: [] for p in peers}
     for r in range(args.rounds):

@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--full_lr", type=float, default=1e-3)
     ap.add_argument("--lora_lr", type=float, default=5e-3)
+    ap.add_argument("--train", default="", help="lora.train: groups trained in full, e.g. wte")
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
     from gptjax.data import sft as sft_data
@@ -93,16 +94,22 @@ def main() -> None:
     rows = {}
     for name, lr, extra in (("full", args.full_lr, ()),
                             ("lora", args.lora_lr, (f"--config.lora.rank={args.rank}",
-                                                    f"--config.lora.alpha={args.alpha}"))):
-        wd = os.path.join(root, f"sft_{name}")
+                                                    f"--config.lora.alpha={args.alpha}",
+                                                    f"--config.lora.train={args.train}"))):
+        tag = "full" if name == "full" else (f"lora_r{args.rank}_a{args.alpha:g}"
+                                             + (f"_{args.train}" if args.train else ""))
+        wd = os.path.join(root, f"sft_{tag}_lr{lr:g}_{args.steps}")
         s = args.steps
-        seconds, rss = train(
-            wd, *common, "--config.stage=sft", f"--config.init_from={pre}",
-            "--config.data.mixture=kdconv", f"--config.data.root={args.data_root}",
-            f"--config.train.steps={s}", f"--config.optim.decay_steps={s}",
-            f"--config.optim.lr={lr}", f"--config.optim.min_lr={lr / 10}",
-            "--config.optim.warmup_steps=20", f"--config.train.eval_every={s}",
-            f"--config.train.checkpoint_every={s}", *extra)
+        if done(wd, s):  # measured before: reuse (its wall time and RSS are not known)
+            seconds, rss = float("nan"), float("nan")
+        else:
+            seconds, rss = train(
+                wd, *common, "--config.stage=sft", f"--config.init_from={pre}",
+                "--config.data.mixture=kdconv", f"--config.data.root={args.data_root}",
+                f"--config.train.steps={s}", f"--config.optim.decay_steps={s}",
+                f"--config.optim.lr={lr}", f"--config.optim.min_lr={lr / 10}",
+                "--config.optim.warmup_steps=20", f"--config.train.eval_every={s}",
+                f"--config.train.checkpoint_every={s}", *extra)
         m = metrics(wd)
         tps = [x["tokens_per_sec"] for x in m if "tokens_per_sec" in x]
         rows[name] = {"val_loss": [x for x in m if "val_loss" in x][-1]["val_loss"],
@@ -117,6 +124,8 @@ def main() -> None:
     spec = workdir_lib.lora_spec(rows["lora"]["workdir"])
     trainable = sum(args.rank * (int(np.prod(s.in_shape)) + int(np.prod(s.out_shape)))
                     for s in lora.sites(GPT(model.cfg), spec, jnp.zeros((1, 4), jnp.int32)))
+    trainable += lora.num_params(lora.pick(model.params, [
+        tuple(g.split("/")) for g in args.train.split(",") if g]))
     f, lo = rows["full"], rows["lora"]
     print(f"\nSFT on KdConv, configs/tiny.py with block 128 ({total:,} parameters), "
           f"{args.steps} steps from a {args.pretrain_steps}-step pretrained model\n")
@@ -124,7 +133,9 @@ def main() -> None:
           "wall s | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, n, lr in (("full", total, args.full_lr),
-                        (f"LoRA r={args.rank}, alpha={args.alpha:g}", trainable, args.lora_lr)):
+                        (f"LoRA r={args.rank}, alpha={args.alpha:g}"
+                         + (f" + {args.train} in full" if args.train else ""), trainable,
+                         args.lora_lr)):
         r = f if name == "full" else lo
         print(f"| {name} | {lr:g} | {n:,} | {8 * n / 2**10:.1f} KiB | {r['val_loss']:.4f} | "
               f"{r['tokens_per_sec']:.0f} | {r['seconds']:.0f} | {r['peak_rss_mib']:.0f} |")

@@ -178,6 +178,10 @@ def lora_config() -> ml_collections.ConfigDict:
     # (attention qkv and output, MLP in and out: attn/c_attn, attn/c_proj, mlp/c_fc, mlp/c_proj)
     lo.targets = lora.DEFAULT_TARGETS
     lo.dropout = 0.0  # dropout on the adapters' input (training only)
+    # comma-separated GPT parameter groups trained in full beside the adapters (PEFT's
+    # modules_to_save), e.g. "wte": the token embedding (tied to the output), which chat
+    # tokens new to the init model need; "wte,ln_f"; "" = adapters only
+    lo.train = ""
     return lo
 
 

@@ -226,6 +226,43 @@ def _copy_dicts(tree: Any) -> Any:
     return tree
 
 
+Path = tuple[str, ...]
+
+
+def pick(tree: dict[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
+    """The subtree holding only `paths` (nested dicts), e.g. {'trunk': {'wte': ...}}."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        value = _get(tree, path)
+        if value is not None:
+            _set(out, path, value)
+    return out
+
+
+def drop(tree: dict[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
+    """The tree without `paths` (the dicts along them copied, everything else shared)."""
+    out = dict(tree)
+    for path in paths:
+        node = out
+        for k in path[:-1]:
+            if k not in node:
+                break
+            node[k] = dict(node[k])
+            node = node[k]
+        else:
+            node.pop(path[-1], None)
+    return out
+
+
+def overlay(tree: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with the leaves of `part` put in (nested dicts merged, `part` winning)."""
+    out = dict(tree)
+    for k, v in part.items():
+        out[k] = overlay(out[k], v) if isinstance(v, dict) and isinstance(
+            out.get(k), dict) else v
+    return out
+
+
 def num_params(tree: Any) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 

@@ -159,12 +159,12 @@ def restore_model(workdir: str, module: nn.Module, init_args: tuple, step: int |
     cfg = model_config(workdir)
     base_params, _ = grow_vocab(base.params, base.cfg, cfg.vocab_size)
     tree = base_params if info["base_key"] is None else {info["base_key"]: base_params}
-    full = tuple(info["full"])
+    full = [tuple(p.split("/")) for p in info["full"]]  # trained in full beside the adapters
     adapters = jax.eval_shape(lambda: nn.unbox(lora.init(
         jax.random.key(0), spec, lora.sites(module, spec, *init_args))))
-    step, saved = restore_params(workdir, {"lora": adapters, **{k: shapes[k] for k in full}},
-                                 step)
-    return step, lora.merge({**tree, **{k: saved[k] for k in full}}, saved["lora"], spec)
+    step, saved = restore_params(workdir, {"lora": adapters, **lora.pick(shapes, full)}, step)
+    trained = {k: v for k, v in saved.items() if k != "lora"}
+    return step, lora.merge(lora.overlay(tree, trained), saved["lora"], spec)
 
 
 def load(workdir: str) -> TrainedModel:

@@ -104,14 +104,19 @@ def test_trainable_parameters_and_optimizer_memory_against_full_fine_tuning(tmp_
     assert json.load(open(tmp_path / "lora_base.json"))["step"] == 7
 
 
-def test_reward_tuning_trains_adapters_and_the_new_head(tmp_path):
+def test_reward_tuning_trains_adapters_the_new_head_and_lora_train_groups(tmp_path):
     model = RewardModel(CFG)
     args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1,), jnp.int32))
-    t = tuning.make(_config(rank=2), str(tmp_path), model, args, {"trunk": {}}, None, 0,
-                    full_keys=("head",), base_key="trunk")
+    t = tuning.make(_config(rank=2, train="wte"), str(tmp_path), model, args, {"trunk": {}},
+                    None, 0, full_keys=("head",), base_key="trunk")
     trainable = nn.unbox(jax.eval_shape(t.init, jax.random.key(0)))
-    assert set(trainable) == {"lora", "head"} and set(trainable["lora"]) == {"trunk"}
-    assert set(nn.unbox(jax.eval_shape(t.frozen.init, jax.random.key(0)))["base"]) == {"trunk"}
+    assert set(trainable) == {"lora", "head", "trunk"} and set(trainable["trunk"]) == {"wte"}
+    base = nn.unbox(jax.eval_shape(t.frozen.init, jax.random.key(0)))["base"]
+    assert set(base) == {"trunk"} and "wte" not in base["trunk"] and "h_0" in base["trunk"]
+    assert json.load(open(tmp_path / "lora_base.json"))["full"] == ["head", "trunk/wte"]
+    with pytest.raises(GptjaxError, match="lora.train names 'embedding', which the model lacks"):
+        tuning.make(_config(rank=2, train="embedding"), str(tmp_path), model, args, {}, None, 0,
+                    full_keys=("head",), base_key="trunk")
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -2,7 +2,8 @@
 
     full   params = the init model's parameters; the optimizer holds moments for all of them
     lora   params = {'lora': adapters, **the parts trained in full (the reward model's new
-           head)}; the init model is a `trainer.Frozen` model {'base': ...}: placed on the
+           head; `lora.train`, e.g. the token embedding)}, nested as in the model's tree; the
+           rest of the init model is a `trainer.Frozen` model {'base': ...}: placed on the
            devices once, never differentiated, no optimizer state. The checkpoint holds the
            trainable tree alone; lora_base.json names the base (init_from and its step), from
            which `workdir.restore_model` rebuilds the adapted model and
@@ -40,8 +41,8 @@ class Tuning:
     spec: lora.LoraSpec | None  # None: full fine-tuning
     init: Callable[[jax.Array], Any]  # rng -> the trainable tree, boxed (layout; LoRA's start)
     initial: Callable[[], Any] | None  # full: host parameters to start from
-    frozen: trainer.Frozen | None  # lora: {'base': the init model (less the full keys)}
-    full_keys: tuple[str, ...] = ()  # top-level parts trained in full beside the adapters
+    frozen: trainer.Frozen | None  # lora: {'base': the init model (less the full parts)}
+    full: tuple[lora.Path, ...] = ()  # parameter paths trained in full beside the adapters
     trainable: int = 0  # trainable parameters
     total: int = 0  # parameters of the model
 
@@ -50,7 +51,7 @@ class Tuning:
         parts in place."""
         if self.spec is None:
             return params
-        return {**frozen["base"], **{k: params[k] for k in self.full_keys}}
+        return lora.overlay(frozen["base"], _trained_in_full(params))
 
     def adapters(self, params: Any, rng: jax.Array | None = None):
         """The context inside which the module computes with the adapters (dropout from rng)."""
@@ -73,11 +74,11 @@ class Tuning:
 
     def merged(self, params: Any, base: Any) -> Any:
         """Host parameters of the trained module, adapters merged: base (the init model's
-        tree less the full keys), params (the state's)."""
+        tree), params (the state's)."""
         if self.spec is None:
             return params
-        tree = {**base, **{k: params[k] for k in self.full_keys}}
-        return lora.merge(tree, params["lora"], self.spec)
+        return lora.merge(lora.overlay(base, _trained_in_full(params)), params["lora"],
+                          self.spec)
 
     def flops_per_token(self, full: float) -> float:
         """Training FLOPs per token from the full-fine-tuning count 6N + ...: LoRA skips the
@@ -93,38 +94,53 @@ class Tuning:
                 f"parameters train ({self.trainable / self.total:.2%})")
 
 
+def _trained_in_full(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "lora"}
+
+
 def make(config: ml_collections.ConfigDict, workdir: str, module: nn.Module, init_args: tuple,
          base: Any, initial: Callable[[], Any], init_step: int, full_keys: tuple[str, ...] = (),
          base_key: str | None = None) -> Tuning:
     """The Tuning of config.lora for `module` (applied to init_args).
 
-    base: host parameters of the init model as the module's tree less `full_keys` (a GPT tree,
-    or {'trunk': GPT tree} for the reward model, `base_key` naming that key); initial(): the
-    full-fine-tuning start (the module's whole tree). Under LoRA writes lora_base.json."""
+    base: host parameters of the init model as the module's tree (a GPT tree, or {'trunk': GPT
+    tree} for the reward model, `base_key` naming that key); full_keys: top-level parts the
+    stage always trains in full (the reward head), to which `lora.train` adds GPT parameter
+    groups (under base_key); initial(): the full-fine-tuning start (the module's whole tree).
+    Under LoRA writes lora_base.json."""
     spec = lora.spec_from(config.lora)
 
     def module_init(rng):
         return module.init(rng, *init_args)["params"]
 
-    total = lora.num_params(nn.unbox(jax.eval_shape(module_init, jax.random.key(0))))
+    shapes = nn.unbox(jax.eval_shape(module_init, jax.random.key(0)))
+    total = lora.num_params(shapes)
     if spec is None:
         return Tuning(None, module_init, initial, None, (), total, total)
     targets = lora.sites(module, spec, *init_args)
+    prefix = (base_key,) if base_key else ()
+    full = [(k,) for k in full_keys]
+    for name in filter(None, (n.strip() for n in str(config.lora.train).split(","))):
+        path = prefix + tuple(name.split("/"))
+        if lora.pick(shapes, [path]) == {}:
+            groups = sorted(lora.pick(shapes, [prefix])[base_key] if base_key else shapes)
+            raise GptjaxError(f"lora.train names {name!r}, which the model lacks; its parameter "
+                              f"groups are {groups} (e.g. wte, the token embedding)")
+        full.append(path)
 
     def init(rng):
-        full = module_init(rng) if full_keys else {}
         return {"lora": lora.init(jax.random.fold_in(rng, LORA_SALT), spec, targets),
-                **{k: full[k] for k in full_keys}}
+                **(lora.pick(module_init(rng), full) if full else {})}
 
     def frozen_init(rng):
-        return {"base": {k: v for k, v in module_init(rng).items() if k not in full_keys}}
+        return {"base": lora.drop(module_init(rng), full)}
 
     trainable = lora.num_params(nn.unbox(jax.eval_shape(init, jax.random.key(0))))
     workdir_lib.write_json(workdir, workdir_lib.LORA_BASE_FILE, {
         "init_from": os.path.abspath(config.init_from), "step": int(init_step),
-        "base_key": base_key, "full": list(full_keys)})
-    return Tuning(spec, init, None, trainer.Frozen(frozen_init, lambda: {"base": base}),
-                  tuple(full_keys), trainable, total)
+        "base_key": base_key, "full": ["/".join(p) for p in full]})
+    return Tuning(spec, init, None, trainer.Frozen(frozen_init, lambda: {
+        "base": lora.drop(base, full)}), tuple(full), trainable, total)
 
 
 def rl_reference(tuning: Tuning, frozen: Any) -> Any:
