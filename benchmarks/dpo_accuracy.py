@@ -73,8 +73,8 @@ def main() -> None:
         f"--config.data.root={args.data_root}", "--config.data.mixture=hh-rlhf",
         f"--config.train.batch_size={args.batch}", f"--config.dpo.beta={args.beta}",
         f"--config.dpo.loss={args.loss}", f"--config.lora.rank={args.lora_rank}",
-        "--config.optim.warmup_steps=20", "--config.train.eval_every=50",
-        *schedule(args.steps, args.lr))
+        "--config.optim.warmup_steps=20", *schedule(args.steps, args.lr),
+        "--config.train.eval_every=50")  # after schedule(), which sets it to the last step
     with open(os.path.join(out, "dpo_eval.json")) as f:
         r = json.load(f)
     with open(os.path.join(out, "data_stats.json")) as f:
