@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from gptjax import sampling, workdir as workdir_lib
-from gptjax.cli import exit_on_user_error
+from gptjax.cli import ArgumentParser, check_sampling_flags, exit_on_user_error
 from gptjax.data.chat import has_chat_tokens, render_prompt
 from gptjax.data.tokenizer import END_OF_TURN
 from gptjax.errors import GptjaxError
@@ -28,7 +28,7 @@ from gptjax.streaming import TokenPrinter
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m gptjax.chat", description=__doc__,
+    ap = ArgumentParser(prog="python -m gptjax.chat", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, help="a gptjax training workdir")
     ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -48,12 +48,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    check_sampling_flags(args.temperature, args.top_k, args.top_p)
     model = workdir_lib.load(args.workdir)
     block = model.cfg.block_size
     new = args.max_new_tokens or max(1, block // 4)
     if not 1 <= new < block:
-        raise GptjaxError(f"--max_new_tokens must be between 1 and {block - 1} (the context is "
-                          f"{block} tokens)")
+        raise GptjaxError(f"--max_new_tokens {args.max_new_tokens} must be between 1 and "
+                          f"{block - 1} (the context is {block} tokens)")
     width = block - new  # prompt slots: the most recent tokens of the conversation
     history: list[int] = []
     tok = model.tokenizer

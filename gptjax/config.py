@@ -13,10 +13,11 @@ from typing import Any
 import ml_collections
 
 from gptjax import axes, lora, losses
+from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "dpo")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
 LORA_STAGES = ("sft", "reward", "dpo")  # the stages that train LoRA adapters (lora.rank > 0)
@@ -44,8 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     # sft / reward: the folder holding the data sets, and which of them to use with what weight
     c.data.root = "../shared/data"
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
-    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
+    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused). An entry
+    # may be a path, glob or folder of .jsonl / .jsonl.gz / .parquet files (your own data).
     c.data.mixture = ""
+    # Those files' conversation format: "" = detected per file from its fields, or one of
+    # messages, prompt_completion, alpaca, sharegpt (gptjax/data/formats.py)
+    c.data.format = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
 
     c.reward = ml_collections.ConfigDict()
@@ -55,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.normalize_max_new_tokens = 64
 
     c.ppo = ppo_config()
+    c.eval = eval_config()
+    c.grpo = grpo_config()
     c.dpo = dpo_config()
     c.lora = lora_config()
 
@@ -68,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 3
     c.train.async_checkpoint = True
+    # Which checkpoint a rerun resumes from: "latest" = the newest, refused (nothing touched) if
+    # it fails its digest; "previous" = the newest one that verifies, the newer ones moved to
+    # <workdir>/corrupt_checkpoints/ (gptjax/checkpoint.py).
+    c.train.resume = "latest"
     c.train.progress = True  # progress bar on stderr
 
     c.optim = ml_collections.ConfigDict()
@@ -92,6 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
+    # Where fsdp-sharded weights are gathered (gptjax/step.py make_train_step): "per_step" =
+    # once per optimizer step, held through the accumulation (one whole parameter copy per device,
+    # plus a whole gradient for the LM loss, which is then reduced once per step);
+    # "per_micro_step" = in every micro-step's forward and backward (least memory).
+    c.sharding.gather_weights = "per_step"
     c.lock()
     return c
 
@@ -185,6 +201,87 @@ def lora_config() -> ml_collections.ConfigDict:
     return lo
 
 
+def eval_config() -> ml_collections.ConfigDict:
+    """Stage `eval` (gptjax/loops/eval.py): each task on or off; workdirs are left empty in
+    config files and given on the command line (`--config.eval.a=runs/ppo`)."""
+    e = ml_collections.ConfigDict()
+    e.a = ""  # model A: an sft / ppo workdir (the one whose win rate is reported)
+    e.b = ""  # model B: the baseline it is compared with (e.g. the SFT workdir)
+    e.judge = ""  # a `reward` workdir that scores A's and B's answers by their text
+    e.base = ""  # a pretrained workdir: the answers' perplexity under it (fluency); "" = off
+    e.models = ""  # comma-separated workdirs for perplexity and GSM8K; "" = eval.a and eval.b
+    e.batch_size = 16  # rows per generate / scoring call
+    e.perplexity = ml_collections.ConfigDict(dict(
+        enabled=False,
+        # exactly one source: a text file, a `prepare` run's validation shards, or the
+        # held-out split (data.val_fraction, data.root) of an SFT mixture, assistant tokens only
+        text_path="", prepared_dir="", sft_mixture="",
+        max_tokens=200_000,  # cap on scored tokens of a text / shards source (0 = all)
+    ))
+    e.reward_accuracy = ml_collections.ConfigDict(dict(
+        enabled=False,
+        workdir="",  # the reward workdir; "" = eval.judge
+        mixture="hh-rlhf",  # preference sets (names or .jsonl paths), comma-separated
+        split="heldout",  # "heldout": the reward run's own held-out part; "all": every record
+    ))
+    e.win_rate = ml_collections.ConfigDict(dict(
+        enabled=False,
+        prompts="vicuna",  # mt-bench (first turns), vicuna, hh-rlhf (held-out), or a .jsonl
+        max_prompts=0,  # the first n distinct prompts (0 = all)
+        samples_per_prompt=1,  # answers per prompt and model; sample j of A meets sample j of B
+        max_new_tokens=128, temperature=0.7, top_k=0, top_p=1.0,  # the same for A and B
+        tie_margin=0.0,  # |score_A - score_B| <= margin is a tie
+        length_tolerance=0.1,  # length-matched: |len_A - len_B| <= tol * max (characters)
+        bootstrap=2000,  # resamplings of the prompts for the 95% interval
+        table_rows=5,  # prompts in the side-by-side table
+    ))
+    e.gsm8k = ml_collections.ConfigDict(dict(
+        enabled=False,
+        path="",  # a GSM8K .jsonl; "" = <data.root>/gsm8k/test.jsonl
+        max_questions=100,  # the first n test questions (0 = all), answered greedily
+        max_new_tokens=256,
+    ))
+    return e
+
+
+def grpo_config() -> ml_collections.ConfigDict:
+    """Stage `grpo` (gptjax/loops/grpo.py, the maths in gptjax/rl/grpo.py): GRPO / RLOO from
+    an SFT workdir (`init_from`) on a verifiable task; no critic. train.steps counts iterations
+    (one rollout, then epochs x num_minibatches optimizer steps)."""
+    g = ml_collections.ConfigDict()
+    # addition (shipped), gsm8k (data.root/gsm8k) or a .jsonl of {"prompt", "answer"} records
+    g.task = "addition"
+    g.marker = "####"  # .jsonl tasks: the final answer follows it (addition: "so"; gsm8k: ####)
+    g.train_prompts = 20000  # addition: distinct training problems drawn
+    g.eval_prompts = 200  # held-out prompts answered greedily every train.eval_every
+    g.eval_at_start = True  # ... and by the SFT policy before the first iteration (step 0)
+    g.samples_logged = 16  # held-out answers appended to samples.jsonl per evaluation
+    # Weighted sum of exact_match (final number), format ("<marker> <number>" at the end) and
+    # reward_model (the model of grpo.reward_from), e.g. "exact_match:1,format:0.1"
+    g.rewards = "exact_match:1"
+    g.reward_from = ""
+    g.batch_prompts = 16  # prompts per iteration
+    g.samples_per_prompt = 8  # K answers per prompt (>= 2: the group)
+    g.max_new_tokens = 64
+    g.max_prompt_tokens = 0  # 0 = block_size - max_new_tokens
+    g.temperature = 1.0
+    g.top_k = 0
+    g.top_p = 1.0
+    g.advantage = "group"  # baseline: group mean (GRPO) or rloo (leave-one-out)
+    g.scale = "group"  # divide by the group's reward std, the batch's, or none (Dr. GRPO)
+    g.beta = 0.04  # KL coefficient (DeepSeekMath); 0 = no reference model
+    g.kl_kind = "k3"  # k1 or k3
+    g.kl_in = "loss"  # loss (GRPO) or reward (RLOO / classic RLHF)
+    # token_mean (DAPO, TRL's default), sequence_mean (GRPO's paper), fixed_length (Dr. GRPO)
+    g.aggregation = "token_mean"
+    g.clip_low = 0.2
+    g.clip_high = 0.2  # DAPO's clip-higher: 0.28
+    g.mask_truncated = False  # answers cut at max_new_tokens leave the loss (DAPO)
+    g.epochs = 1  # passes over each rollout (GRPO's mu); 1 with 1 minibatch = on-policy
+    g.num_minibatches = 1
+    return g
+
+
 def prepare_config() -> ml_collections.ConfigDict:
     """Stage `prepare`: raw text -> cleaned, filtered, deduplicated corpus -> tokenizer -> token
     shards (gptjax/loops/prepare.py). Thresholds are Gopher's (Rae et al. 2021, A.1.1)."""
@@ -250,11 +347,83 @@ def seq_len(config: ml_collections.ConfigDict) -> int:
     return int(config.data.seq_len) or int(config.model.block_size)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks that need no devices or data; raises GptjaxError naming the key and the fix."""
+# Counts that must be >= 1 (or >= 0), as (section, key); checked by `validate`.
+POSITIVE = (("train", "steps"), ("train", "batch_size"), ("train", "grad_accum"),
+            ("train", "log_every"), ("train", "eval_every"), ("train", "eval_batches"),
+            ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+            ("optim", "decay_steps"), ("reward", "normalize_max_new_tokens"))
+NON_NEGATIVE = (("seed",), ("data", "seq_len"), ("data", "max_examples"),
+                ("optim", "warmup_steps"), ("optim", "lr"), ("optim", "min_lr"),
+                ("optim", "weight_decay"), ("optim", "grad_clip"),
+                ("reward", "normalize_prompts"), ("ppo", "max_prompt_tokens"), ("ppo", "top_k"))
+MODEL_POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
+
+
+def _key(config: ml_collections.ConfigDict, path: tuple[str, ...]) -> Any:
+    node = config
+    for p in path:
+        node = node[p]
+    return node
+
+
+def validate_counts(config: ml_collections.ConfigDict) -> None:
+    """Counts and rates that must be positive (or non-negative), and the resume switch."""
+    for path, low in [(p, 1) for p in POSITIVE] + [(p, 0) for p in NON_NEGATIVE]:
+        value = _key(config, path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise GptjaxError(f"{'.'.join(path)}={value!r} must be a number >= {low}; fix "
+                              f"--config.{'.'.join(path)}")
+    resume = config.train.resume
+    if resume not in ("latest", "previous"):
+        raise GptjaxError(f"train.resume={resume!r}: use latest (the newest checkpoint, which must "
+                          "verify) or previous (the newest one that verifies)")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise GptjaxError(f"model.dropout={config.model.dropout} must be in [0, 1)")
+    if config.runtime.cpu_devices < -1:
+        raise GptjaxError(f"runtime.cpu_devices={config.runtime.cpu_devices}: use 0 (XLA's one "
+                          "device), -1 (one per core) or a count")
+
+
+def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
+    """Checks that need no devices or data; raises GptjaxError naming the key and the fix.
+    `shape=False` skips the model-shape checks (a fine-tuning stage takes its shape from
+    init_from, so they run again once it is known)."""
     if config.stage not in STAGES:
         raise GptjaxError(f"stage={config.stage!r} is unknown; stages are {STAGES}")
+    validate_counts(config)
+    if shape:
+        validate_model(config)
+    t = config.train
+    if t.batch_size % t.grad_accum:
+        raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
+                          f"train.grad_accum={t.grad_accum}")
+    if config.sharding.gather_weights not in ("per_step", "per_micro_step"):
+        raise GptjaxError(f"sharding.gather_weights={config.sharding.gather_weights!r}: use "
+                          "per_step or per_micro_step")
+    if not 0.0 < config.data.val_fraction < 1.0:
+        raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    formats.check_format(config.data.format)
+    if config.stage == "prepare":
+        validate_prepare(config.prepare)
+    if config.stage == "ppo":
+        validate_ppo(config, shape)
+    if config.stage == "eval":
+        validate_eval(config.eval)
+    if config.stage == "grpo":
+        validate_grpo(config)
+    if config.stage == "dpo":
+        validate_dpo(config.dpo)
+    validate_lora(config)
+
+
+def validate_model(config: ml_collections.ConfigDict) -> None:
+    """The model section's checks."""
     m = config.model
+    for key in MODEL_POSITIVE:
+        if not m[key] >= 1:
+            raise GptjaxError(f"model.{key}={m[key]} must be >= 1")
+    if m.vocab_size < 0:
+        raise GptjaxError(f"model.vocab_size={m.vocab_size} must be >= 0 (0 = the tokenizer's)")
     if m.n_embd % m.n_head:
         raise GptjaxError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")
     if m.activation not in ("gelu_tanh", "gelu"):
@@ -266,21 +435,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
-    t = config.train
-    if t.batch_size <= 0 or t.batch_size % t.grad_accum:
-        raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
-                          f"train.grad_accum={t.grad_accum}")
-    if not 0.0 < config.data.val_fraction < 1.0:
-        raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
-    if config.stage == "prepare":
-        validate_prepare(config.prepare)
-    if config.stage == "ppo":
-        validate_ppo(config)
-    if config.stage == "dpo":
-        validate_dpo(config.dpo)
-    validate_lora(config)
-
-
 def validate_dpo(d: ml_collections.ConfigDict) -> None:
     """The dpo section's checks."""
     if d.loss not in losses.DPO_LOSSES:
@@ -318,7 +472,31 @@ def validate_lora(config: ml_collections.ConfigDict) -> None:
                           "attn/c_attn,attn/c_proj,mlp/c_fc,mlp/c_proj")
 
 
-def validate_ppo(config: ml_collections.ConfigDict) -> None:
+def validate_eval(e: ml_collections.ConfigDict) -> None:
+    """The eval section's checks that need no workdir (workdirs are checked by the stage)."""
+    tasks = ("perplexity", "reward_accuracy", "win_rate", "gsm8k")
+    if not any(e[t].enabled for t in tasks):
+        raise GptjaxError(f"stage eval has no task: enable one of {tasks}, e.g. "
+                          "--config.eval.win_rate.enabled=True")
+    p = e.perplexity
+    if p.enabled and sum(bool(x) for x in (p.text_path, p.prepared_dir, p.sft_mixture)) != 1:
+        raise GptjaxError("eval.perplexity needs exactly one of text_path, prepared_dir and "
+                          "sft_mixture")
+    if e.reward_accuracy.split not in ("heldout", "all"):
+        raise GptjaxError(f"eval.reward_accuracy.split={e.reward_accuracy.split!r}: use heldout "
+                          "or all")
+    w = e.win_rate
+    if w.samples_per_prompt < 1 or w.max_new_tokens < 1 or w.bootstrap < 1:
+        raise GptjaxError("eval.win_rate.samples_per_prompt, max_new_tokens and bootstrap must "
+                          "be >= 1")
+    if w.temperature < 0 or not 0 < w.top_p <= 1 or w.top_k < 0 or w.tie_margin < 0:
+        raise GptjaxError("eval.win_rate: temperature, top_k and tie_margin must be >= 0 and "
+                          "top_p in (0, 1]")
+    if e.gsm8k.max_new_tokens < 1 or e.batch_size < 1:
+        raise GptjaxError("eval.gsm8k.max_new_tokens and eval.batch_size must be >= 1")
+
+
+def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     """The ppo section's checks that need no workdir."""
     p = config.ppo  # (ppo.reward_from is checked by the stage: config files leave it empty)
     if p.batch_prompts < 1 or p.samples_per_prompt < 1 or p.epochs < 1:
@@ -328,7 +506,7 @@ def validate_ppo(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"ppo.num_minibatches={p.num_minibatches} must divide the "
                           f"{rows} sequences of an iteration (batch_prompts x samples_per_prompt)")
     room = config.model.block_size - p.max_new_tokens
-    if p.max_new_tokens < 1 or room < 1 or p.max_prompt_tokens > room:
+    if p.max_new_tokens < 1 or (shape and (room < 1 or p.max_prompt_tokens > room)):
         raise GptjaxError(
             f"ppo.max_new_tokens={p.max_new_tokens} + ppo.max_prompt_tokens="
             f"{p.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
@@ -342,6 +520,39 @@ def validate_ppo(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"ppo.kl_kind={p.kl_kind!r}: use one of {losses.KL_KINDS}")
     if p.target_kl < 0 or p.init_kl_coef < 0:
         raise GptjaxError("ppo.target_kl and ppo.init_kl_coef must be >= 0")
+    if not p.temperature > 0 or not 0.0 < p.top_p <= 1.0:
+        raise GptjaxError(f"ppo.temperature={p.temperature} must be > 0 and ppo.top_p="
+                          f"{p.top_p} in (0, 1]: PPO samples from the policy itself")
+
+
+def validate_grpo(config: ml_collections.ConfigDict) -> None:
+    """The grpo section's checks that need no workdir."""
+    from gptjax.rl import grpo, verifiers
+    g = config.grpo
+    verifiers.parse_rewards(g.rewards)  # unknown reward names: one line
+    if g.batch_prompts < 1 or g.epochs < 1 or g.samples_per_prompt < 2:
+        raise GptjaxError(f"grpo.samples_per_prompt={g.samples_per_prompt} must be >= 2 (a "
+                          "group to compare with) and grpo.batch_prompts, grpo.epochs >= 1")
+    rows = g.batch_prompts * g.samples_per_prompt
+    if g.num_minibatches < 1 or rows % g.num_minibatches:
+        raise GptjaxError(f"grpo.num_minibatches={g.num_minibatches} must divide the {rows} "
+                          "answers of an iteration (batch_prompts x samples_per_prompt)")
+    room = config.model.block_size - g.max_new_tokens
+    if g.max_new_tokens < 1 or room < 1 or g.max_prompt_tokens > room:
+        raise GptjaxError(
+            f"grpo.max_new_tokens={g.max_new_tokens} + grpo.max_prompt_tokens="
+            f"{g.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
+            "room for a prompt; lower them")
+    for key, allowed in (("advantage", grpo.ADVANTAGES), ("scale", grpo.SCALES),
+                         ("kl_kind", grpo.KL_KINDS), ("kl_in", grpo.KL_IN),
+                         ("aggregation", grpo.AGGREGATIONS)):
+        if g[key] not in allowed:
+            raise GptjaxError(f"grpo.{key}={g[key]!r}: use one of {allowed}")
+    if g.beta < 0 or g.clip_low < 0 or g.clip_high < 0 or g.eval_prompts < 0:
+        raise GptjaxError("grpo.beta, grpo.clip_low, grpo.clip_high and grpo.eval_prompts must "
+                          "be >= 0")
+    if g.train_prompts < 1:
+        raise GptjaxError(f"grpo.train_prompts={g.train_prompts} must be >= 1")
 
 
 def validate_prepare(p: ml_collections.ConfigDict) -> None:

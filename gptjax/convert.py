@@ -25,7 +25,6 @@ This module reads and writes with safetensors' numpy API only (no torch, no tran
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -38,7 +37,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gptjax import workdir as workdir_lib
-from gptjax.cli import exit_on_user_error
+from gptjax.cli import ArgumentParser, check_output_dir, exit_on_user_error
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
@@ -110,6 +109,11 @@ def read_hf_config(hf_dir: str) -> GPTConfig:
         missing.append("n_positions")
     if missing:
         raise GptjaxError(f"{path} lacks {missing}; is it a GPT-2 config?")
+    for key in ("n_embd", "n_layer", "n_head", "vocab_size", "n_positions", "n_ctx"):
+        value = hf.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GptjaxError(f"{path}: {key}={value!r} should be a positive integer; is it a "
+                              "GPT-2 config?")
     checks = [  # (key, default in transformers' GPT2Config, allowed values, what gptjax does)
         ("model_type", "gpt2", ("gpt2",), "only GPT-2 models convert"),
         ("activation_function", "gelu_new", tuple(ACTIVATIONS), "gptjax's MLP uses GELU"),
@@ -252,6 +256,7 @@ def from_hf(hf_dir: str, workdir: str) -> None:
     from gptjax.loops import pretrain
 
     m = read_hf_config(hf_dir)
+    check_output_dir(workdir, "--workdir")
     if _has_checkpoints(workdir):
         directory = os.path.join(workdir, "checkpoints")
         raise GptjaxError(f"--workdir {workdir} already holds checkpoints ({directory}); "
@@ -303,6 +308,7 @@ def from_hf(hf_dir: str, workdir: str) -> None:
 def read_workdir_model(workdir: str) -> GPTConfig:
     """The workdir's model config, checked to be one Hugging Face GPT-2 can express."""
     m = workdir_lib.model_config(workdir)
+    workdir_lib.check_language_model(workdir)
     path = os.path.join(workdir, "config.json")
     if not m.bias or m.local_window or m.n_embd % m.n_head:
         raise GptjaxError(f"{path}: model.bias={m.bias}, model.local_window={m.local_window}: "
@@ -323,6 +329,7 @@ def to_hf(workdir: str, out_dir: str) -> int:
     from gptjax.model import GPT
 
     m = read_workdir_model(workdir)
+    check_output_dir(out_dir, "--to-hf")
     taken = [n for n in ("model.safetensors", "config.json")
              if os.path.exists(os.path.join(out_dir, n))]
     if taken:
@@ -341,7 +348,7 @@ def to_hf(workdir: str, out_dir: str) -> int:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m gptjax.convert", usage=USAGE.removeprefix("usage: "),
         description="Convert GPT-2 weights between Hugging Face safetensors and a gptjax workdir.")
     parser.add_argument("--workdir", required=True, help="the gptjax workdir (in or out)")

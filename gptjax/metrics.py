@@ -81,9 +81,32 @@ class MetricsWriter:
             self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+        """Close both files. A flush that fails (a full disk) is one note on stderr, not an
+        exception: close runs while the run stops, often for that very reason (a checkpoint
+        that could not be written), and must not hide it."""
+        if not self.enabled:
+            return
+        for name, f in (("metrics.jsonl", self._jsonl), ("TensorBoard events", self._tb)):
+            try:
+                f.close()
+            except OSError as e:
+                print(f"gptjax: note: {name} could not be flushed: {e}", file=sys.stderr)
+                if f is self._tb:
+                    _abandon(self._tb)
+
+
+def _abandon(tb: Any) -> None:
+    """Mark tensorboardX's event writers closed after a failed flush, so its atexit hook does not
+    retry the flush and print a traceback at exit (best effort: these are its internals)."""
+    for fw in (getattr(tb, "all_writers", None) or {}).values():
+        ew = getattr(fw, "event_writer", None)
+        if ew is None:
+            continue
+        try:
+            ew._worker.stop()
+        except Exception:  # noqa: BLE001 - the worker may be gone or failing itself
+            pass
+        ew._closed = True
 
 
 class Progress:

@@ -19,8 +19,11 @@ USAGE = ("usage: python -m gptjax.prepare --config configs/prepare_X.py [--confi
 def main(argv: list[str] | None = None) -> int:
     config, workdir = config_from_argv(sys.argv[1:] if argv is None else argv, USAGE)
     if config.stage != "prepare":
-        raise GptjaxError(f"{USAGE}\nthis config's stage is {config.stage!r}, not 'prepare'; "
-                          "run it with python -m gptjax.train")
+        raise GptjaxError(f"this config's stage is {config.stage!r}, not 'prepare'; run it with "
+                          "python -m gptjax.train")
+    from gptjax import config as config_lib, workdir as workdir_lib
+    config_lib.validate(config)
+    workdir_lib.check_stage(workdir, config.stage)
     from gptjax.loops import prepare
     prepare.run(config, workdir)
     return 0

@@ -11,14 +11,14 @@ import jax
 import numpy as np
 
 from gptjax import sampling, workdir as workdir_lib
-from gptjax.cli import exit_on_user_error
+from gptjax.cli import ArgumentParser, check_sampling_flags, exit_on_user_error
 from gptjax.data.tokenizer import EOS
 from gptjax.errors import GptjaxError
 from gptjax.streaming import TokenPrinter
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m gptjax.sample", description=__doc__)
+    ap = ArgumentParser(prog="python -m gptjax.sample", description=__doc__)
     ap.add_argument("--workdir", required=True, help="a gptjax training workdir")
     ap.add_argument("--prompt", required=True, help="text to continue")
     ap.add_argument("--num_samples", type=int, default=1)
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prompt:
         raise GptjaxError("--prompt is empty: give some text for the model to continue")
     if args.num_samples < 1 or args.max_new_tokens < 1:
-        raise GptjaxError("--num_samples and --max_new_tokens must be at least 1")
+        raise GptjaxError(f"--num_samples {args.num_samples} and --max_new_tokens "
+                          f"{args.max_new_tokens} must be at least 1")
+    check_sampling_flags(args.temperature, args.top_k, args.top_p)
     model = workdir_lib.load(args.workdir)
     ids = model.tokenizer.encode(args.prompt)
     room = model.cfg.block_size - len(ids)

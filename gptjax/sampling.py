@@ -33,6 +33,8 @@ def filter_logits(logits: Array, temperature: Array, top_k: int, top_p: Array) -
     sampled). top_k = 0 disables top-k (static: it fixes a shape); top_p >= 1 disables top-p.
     The nucleus is the smallest set of most probable tokens whose probability reaches top_p
     (always at least the most probable token). Ties at a cut-off keep every tied token.
+    temperature and top_p are scalars or (B, 1) columns (one value per row, as the server's
+    batch slots have); a row with top_p >= 1 keeps every token even when others are truncated.
     """
     neg = jnp.finfo(jnp.float32).min
     z = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
@@ -45,13 +47,13 @@ def filter_logits(logits: Array, temperature: Array, top_k: int, top_p: Array) -
         z_sorted = jnp.sort(z, axis=-1)[..., ::-1]  # (B, V) descending
         p_sorted = jax.nn.softmax(z_sorted, axis=-1)
         mass_before = jnp.cumsum(p_sorted, axis=-1) - p_sorted  # probability of better tokens
-        keep = mass_before < top_p
+        keep = (mass_before < top_p) | (top_p >= 1.0)
         cutoff = jnp.min(jnp.where(keep, z_sorted, jnp.inf), axis=-1, keepdims=True)  # (B, 1)
         return jnp.where(z < cutoff, neg, z)
 
     # The sort over V costs more than a batch-1 forward of GPT-2 124M on a CPU: only pay for it
-    # when the nucleus is asked for (top_p is one scalar, so this stays a real branch).
-    return jax.lax.cond(jnp.all(top_p < 1.0), nucleus, lambda z: z, z)
+    # when some row asks for the nucleus (a predicate on the batch, so this stays a real branch).
+    return jax.lax.cond(jnp.any(top_p < 1.0), nucleus, lambda z: z, z)
 
 
 def sample_token(logits: Array, keys: Array, temperature: Array, top_k: int,
@@ -61,19 +63,25 @@ def sample_token(logits: Array, keys: Array, temperature: Array, top_k: int,
     temperature == 0 is greedy (argmax). The log-probability returned is of the chosen token under
     the *unmodified* model distribution, log softmax(logits) -- not the tempered / truncated one
     it was drawn from -- which is what PPO and evaluation score.
+    temperature and top_p: scalars, or (B,) arrays giving each row its own (rows at temperature
+    0 are greedy whatever the others do).
     """
     logits = logits.astype(jnp.float32)
+    per_row = jnp.ndim(temperature) == 1
+    col = (lambda x: jnp.reshape(x, (-1, 1)) if jnp.ndim(x) == 1 else x)
 
     def draw(logits):
-        z = filter_logits(logits, temperature, top_k, top_p)
+        z = filter_logits(logits, col(temperature), top_k, col(top_p))
         return jax.vmap(jax.random.categorical)(keys, z).astype(jnp.int32)  # (B,)
 
     def greedy(logits):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    # Greedy decoding skips the filters and the random draw altogether (a real branch: the
-    # temperature is one scalar for the batch).
+    # Greedy decoding skips the filters and the random draw altogether when every row is greedy
+    # (a real branch: the predicate is one scalar for the batch).
     tokens = jax.lax.cond(jnp.all(temperature == 0), greedy, draw, logits)
+    if per_row:  # a mixed batch: the greedy rows take the argmax, not a draw at T -> 0
+        tokens = jnp.where(temperature == 0, greedy(logits), tokens)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
@@ -126,29 +134,47 @@ def _prompt_positions(prompt_lengths: Array, p: int) -> Array:
 _STATIC = ("cfg", "max_new_tokens", "top_k", "eos_id", "stream", "rules")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_cached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tokens,
-                     temperature, top_k, top_p, eos_id, stream=None, rules=None):
-    model = GPT(cfg)
+def prefill(params, cfg: GPTConfig, prompt_tokens: Array, prompt_lengths: Array,
+            cache_slots: int, rules: sharding.Rules | None = None) -> tuple[Array, Any]:
+    """Left-padded prompts (B, P) in one forward against a fresh KV cache of cache_slots slots.
+
+    Returns (logits (B, V) after each row's last prompt token, the cache with slots [0, P)
+    filled). Traceable: call it inside a jit (the decoder and the server's slots do).
+    """
     b, p = prompt_tokens.shape
     # The barrier keeps XLA from constant-folding the prefill's attention over the empty cache
     # (seconds of compile time at batch 64, for a result it computes in microseconds).
-    cache = jax.lax.optimization_barrier(init_cache(cfg, b, p + max_new_tokens))
+    cache = jax.lax.optimization_barrier(init_cache(cfg, b, cache_slots))
     if rules is not None:  # under a mesh: the cache is split by batch and heads like activations
         cache = jax.tree.map(nn.with_logical_constraint, cache, cache_axes(cfg),
                              is_leaf=lambda x: isinstance(x, tuple))
-    # Prefill: the whole prompt in one forward, filling cache slots [0, P).
-    logits, v = model.apply({"params": params, "cache": cache}, prompt_tokens,
-                            _prompt_positions(prompt_lengths, p), decode=True, mutable=["cache"])
+    logits, v = GPT(cfg).apply({"params": params, "cache": cache}, prompt_tokens,
+                               _prompt_positions(prompt_lengths, p), decode=True,
+                               mutable=["cache"])
+    return logits[:, -1], v["cache"]
+
+
+def decode_step(params, cfg: GPTConfig, cache: Any, tokens: Array,
+                positions: Array) -> tuple[Array, Any]:
+    """One token per row, tokens (B,) at positions (B,) (-1 = a row that is not decoding) ->
+    (the logits that follow them (B, V), the cache with them written at its cache_index)."""
+    logits, v = GPT(cfg).apply({"params": params, "cache": cache}, tokens[:, None],
+                               positions[:, None], decode=True, mutable=["cache"])
+    return logits[:, -1], v["cache"]
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_cached(params, cfg, prompt_tokens, prompt_lengths, rng_keys, max_new_tokens,
+                     temperature, top_k, top_p, eos_id, stream=None, rules=None):
+    p = prompt_tokens.shape[1]
+    logits, cache = prefill(params, cfg, prompt_tokens, prompt_lengths, p + max_new_tokens,
+                            rules)
 
     def advance(cache, tok, i):
-        pos = (prompt_lengths + i)[:, None]  # (B, 1) this token's position in its row
-        logits, v = model.apply({"params": params, "cache": cache}, tok[:, None], pos,
-                                decode=True, mutable=["cache"])
-        return logits[:, -1], v["cache"]
+        return decode_step(params, cfg, cache, tok, prompt_lengths + i)  # this token's position
 
-    return _decode_loop(logits[:, -1], v["cache"], advance, rng_keys, max_new_tokens,
-                        temperature, top_k, top_p, eos_id, stream)
+    return _decode_loop(logits, cache, advance, rng_keys, max_new_tokens, temperature, top_k,
+                        top_p, eos_id, stream)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)

@@ -7,11 +7,24 @@ per host; see gptjax/distributed.py), then hand the config to the stage loop `co
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from gptjax import distributed, runtime
-from gptjax.cli import exit_on_user_error, train_args_from_argv
+from gptjax.cli import check_output_dir, exit_on_user_error, train_args_from_argv
 from gptjax.errors import GptjaxError
+
+# Each stage's `run(config, workdir)`, imported only when it runs.
+STAGE_MODULES = {
+    "prepare": "gptjax.loops.prepare",
+    "pretrain": "gptjax.loops.pretrain",
+    "sft": "gptjax.loops.sft",
+    "reward": "gptjax.loops.reward",
+    "ppo": "gptjax.loops.ppo",
+    "eval": "gptjax.loops.eval",
+    "grpo": "gptjax.loops.grpo",
+    "dpo": "gptjax.loops.dpo",
+}
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "
          "[--workdir DIR] [--coordinator_address HOST:PORT --num_processes N --process_id I] "
@@ -21,35 +34,33 @@ USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ..
 def run(config, workdir: str, dist: distributed.Options | None = None):
     """Run the stage the config names (callable from a notebook). `dist`: how to join a
     multi-process run; None reads GPTJAX_* variables and detects SLURM / TPU pod launches."""
+    from gptjax import config as config_lib, workdir as workdir_lib
+    # Bad input fails here, before any device, data or workdir is touched. (Fine-tuning stages
+    # take the model shape from init_from, so theirs is checked once it is loaded.)
+    config_lib.validate(config, shape=config.stage in ("prepare", "pretrain"))
+    check_output_dir(workdir, "--workdir")
+    workdir_lib.check_stage(workdir, config.stage)
+    if config.stage == "pretrain":  # (a fine-tuning stage's shape is init_from's: checked there)
+        workdir_lib.check_same_model(workdir, config.model.to_dict())
     if config.stage == "prepare":  # no devices: a data stage
         if distributed.is_multiprocess(dist):
             raise GptjaxError("stage 'prepare' runs as one process: start it once, without the "
                               "multi-process launcher or coordinator flags")
-        from gptjax.loops import prepare
-        return prepare.run(config, workdir)
-    # Both before any JAX backend starts: XLA's host device count (per process) and the
-    # distributed runtime, which the backends need to see every process's devices.
-    rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits
-            else config.train.batch_size // max(config.train.grad_accum, 1))
-    runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
-    distributed.initialize(dist)
-    if config.stage == "pretrain":
-        from gptjax.loops import pretrain
-        return pretrain.run(config, workdir)
-    if config.stage == "sft":
-        from gptjax.loops import sft
-        return sft.run(config, workdir)
-    if config.stage == "reward":
-        from gptjax.loops import reward
-        return reward.run(config, workdir)
-    if config.stage == "ppo":
-        from gptjax.loops import ppo
-        return ppo.run(config, workdir)
-    if config.stage == "dpo":
-        from gptjax.loops import dpo
-        return dpo.run(config, workdir)
-    from gptjax.config import validate
-    validate(config)  # raises for an unknown stage
+    elif config.stage == "eval":  # one process, one device: nothing is trained
+        if distributed.is_multiprocess(dist):
+            raise GptjaxError("stage 'eval' runs as one process: start it once, without the "
+                              "multi-process launcher or coordinator flags")
+        runtime.configure_cpu_devices(config.runtime.cpu_devices, config.eval.batch_size)
+    else:
+        # Both before any JAX backend starts: XLA's host device count (per process) and the
+        # distributed runtime, which the backends need to see every process's devices.
+        rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits
+                else config.grpo.batch_prompts if config.stage == "grpo"
+                else config.train.batch_size // max(config.train.grad_accum, 1))
+        runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
+        distributed.initialize(dist)
+    # (validate accepted config.stage: it is one of config.STAGES, each a module here)
+    return importlib.import_module(STAGE_MODULES[config.stage]).run(config, workdir)
 
 
 @exit_on_user_error

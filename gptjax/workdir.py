@@ -43,6 +43,11 @@ class TrainedModel:
     step: int
 
 
+LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo", "grpo", "dpo")  # workdirs whose `params` are a GPT
+# Model options that change how a model runs, not its parameters (a run may change them).
+RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
+
+
 def write_run_files(config: Any, workdir: str, tokenizer: Tokenizer) -> None:
     """The workdir's tokenizer.json and resolved config.json (process 0), which every command
     that reads a workdir back (sample, chat, convert, init_from) relies on."""
@@ -76,7 +81,8 @@ def read_json(workdir: str, name: str) -> Any | None:
         with open(path) as f:
             return json.load(f)
     except ValueError as e:
-        raise GptjaxError(f"{path} is not valid JSON ({e}); rerun the stage that wrote it") from None
+        raise GptjaxError(f"{path} is not valid JSON ({e}); rerun the stage that wrote "
+                          "it") from None
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -93,8 +99,9 @@ def read_tokenizer(workdir: str) -> Tokenizer:
 def run_config(workdir: str) -> dict[str, Any]:
     """The resolved config.json of a workdir, as a dict."""
     if not os.path.isdir(workdir):
-        raise GptjaxError(f"--workdir {workdir}: no such directory; pass the workdir of a "
-                          "gptjax training run")
+        what = "is a file, not a directory" if os.path.exists(workdir) else "no such directory"
+        raise GptjaxError(f"--workdir {workdir}: {what}; pass the workdir of a gptjax training "
+                          "run")
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise GptjaxError(f"{workdir} has no config.json: is it a gptjax workdir?")
@@ -119,10 +126,61 @@ def stage(workdir: str) -> str:
     return run_config(workdir).get("stage", "pretrain")
 
 
+def check_stage(workdir: str, stage_name: str) -> None:
+    """Refuse to run stage `stage_name` in a workdir another stage wrote (its config.json says
+    which): it would resume, or overwrite, that stage's checkpoints."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        saved = stage(workdir)
+    except (OSError, ValueError, AttributeError) as e:
+        raise GptjaxError(f"{path} is not a readable gptjax config ({type(e).__name__}); use a new "
+                          "--workdir or restore that file") from None
+    if saved != stage_name:
+        raise GptjaxError(f"--workdir {workdir} holds a {saved!r} run (its config.json), not a "
+                          f"{stage_name!r} one; give the {stage_name} run a workdir of its own")
+
+
+def check_same_model(workdir: str, model: dict[str, Any]) -> None:
+    """Refuse, before a run rewrites its config.json, a workdir holding checkpoints of another
+    model shape than `model` (a model section; vocab_size 0 = "the tokenizer's", not checked).
+    The restore would refuse them too, but only after config.json was overwritten."""
+    path = os.path.join(workdir, "config.json")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not (os.path.isfile(path) and os.path.isdir(checkpoints)
+            and any(n.isdigit() for n in os.listdir(checkpoints))):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # (not readable: check_stage has spoken; the restore checks the arrays)
+    for key, value in model.items():
+        if key in RUNTIME_FIELDS or key not in saved or (key == "vocab_size" and not value):
+            continue
+        if saved[key] != value:
+            raise GptjaxError(
+                f"--workdir {workdir} holds checkpoints of a different model shape: model.{key}="
+                f"{saved[key]} there (its config.json) but {value} in this config. Use a new "
+                "--workdir or the config this workdir was trained with (its config.json).")
+
+
+def check_language_model(workdir: str) -> None:
+    """Refuse a workdir whose checkpoint is no GPT language model (a reward model, a prepare
+    run) before reading its parameters as one."""
+    kind = stage(workdir)
+    if kind not in LANGUAGE_MODEL_STAGES:
+        stages = ", ".join(LANGUAGE_MODEL_STAGES)
+        raise GptjaxError(f"{workdir} is a {kind!r} workdir (its config.json), which holds no "
+                          f"language model; pass the workdir of a {stages} run")
+
+
 def load_host(workdir: str, step: int | None = None) -> TrainedModel:
     """Config, tokenizer and the latest (or `step`'s) checkpoint's GPT parameters as host numpy
     arrays; a LoRA workdir's are its base with the adapters merged in."""
     cfg = model_config(workdir)
+    check_language_model(workdir)
     tok = read_tokenizer(workdir)
     step, params = restore_model(workdir, GPT(cfg), (jnp.zeros((1, 1), jnp.int32),), step)
     return TrainedModel(cfg, params, tok, step)

@@ -147,7 +147,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
                 "--workdir", str(wd))
     assert r.returncode == 2, r.stderr
     assert "the loss became nan at step 1" in r.stderr.lower() or "at step 1" in r.stderr
-    assert "last good checkpoint (step 10)" in r.stderr
+    assert "newest checkpoint (step 10, which matched its digest when this run restored it)" \
+        in r.stderr
     assert sorted(os.listdir(wd / "checkpoints")) == ["10"]
     params = checkpoint_params(wd, 10)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -163,6 +164,7 @@ def test_corrupt_checkpoint_is_reported_and_not_deleted(tmp_path):
         p.write_bytes(b"not a checkpoint")
     r = run_cli(*TINY, *QUIET, "--config.train.steps=20", "--workdir", str(wd))
     assert r.returncode == 2, r.stderr
-    assert "checkpoint at step 10" in r.stderr and "could not be read" in r.stderr
+    assert "checkpoint at step 10" in r.stderr and "fails its digest" in r.stderr, r.stderr
+    assert "--config.train.resume=previous" in r.stderr
     assert "Traceback" not in r.stderr
     assert all(p.exists() for p in files)  # saved work is never deleted

@@ -37,8 +37,9 @@ def embedded_text_path() -> str:
 def read_text(path: str) -> str:
     """Read a UTF-8 text file, with one clear error for missing, empty or non-UTF-8 input."""
     if not os.path.isfile(path):
-        raise GptjaxError(f"data file {path!r} does not exist. Set --config.data.text_path to a "
-                          "UTF-8 text file, or leave it empty for the shipped Tiny Shakespeare.")
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise GptjaxError(f"data file {path!r} {what}. Set --config.data.text_path to a UTF-8 "
+                          "text file, or leave it empty for the shipped Tiny Shakespeare.")
     with open(path, "rb") as f:
         raw = f.read()
     try:

@@ -19,7 +19,7 @@ from gptjax.data.tokenizer import Tokenizer, load_tokenizer, with_special_tokens
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
+RUNTIME_FIELDS = workdir_lib.RUNTIME_FIELDS
 
 
 @dataclasses.dataclass
@@ -58,6 +58,7 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> Start:
         raise GptjaxError(
             f"{workdir} was trained with another vocabulary than {config.init_from} gives "
             f"({tok_path} differs): use a new --workdir for this init model")
+    workdir_lib.check_same_model(workdir, dataclasses.asdict(cfg))
     config_lib.validate(config)
     workdir_lib.write_run_files(config, workdir, tok)
     return Start(cfg, params, tok, base.step)

@@ -94,6 +94,7 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
             f"{dict(mesh.shape)}" + (f" and {pcount} processes" if pcount > 1 else "")
             + f". Make {stage.rows_key} a multiple of {need}.")
     abstract, shardings = abstract_layout(stage.init, layout)
+    layout = dataclasses.replace(layout, shardings=shardings)
     make_state = jax.jit(lambda r: nn.unbox(stage.init(r)), out_shardings=shardings)
     batch_sharding = sharding.batch_sharding(mesh, layout.rules)
     frozen_shardings = None
@@ -143,8 +144,8 @@ class Saver:
     def save(self, step: int, state: Any, data_iter: Any = None) -> None:
         if not bool(self.finite(state)):
             raise TrainingDiverged(
-                f"the parameters hold NaN/inf at step {step}; the last saved checkpoint (step "
-                f"{self.last}) is kept in {self.ckpt.directory}. Lower optim.lr and rerun.")
+                f"the parameters hold NaN/inf at step {step}. {self.ckpt.describe(self.last)}. "
+                "Lower optim.lr and rerun.")
         self.ckpt.save(step, state, data_iter)
         self.last = step
 
@@ -177,11 +178,10 @@ class _Log:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = [k for k in self.stage.finite if not np.isfinite(m.get(k, 0.0))]
         if bad:
-            what = ", ".join(f"{k} {m[k]}" for k in bad)
+            what = ", ".join(f"the {k} became {m[k]}" for k in bad)
             raise TrainingDiverged(
-                f"{self.stage.name}: the {what} at step {step} is not finite. The last good "
-                f"checkpoint (step {self.saver.last}) is kept in {self.saver.ckpt.directory}. "
-                + self.stage.fix_divergence)
+                f"{self.stage.name}: {what} at step {step}. "
+                f"{self.saver.ckpt.describe(self.saver.last)}. " + self.stage.fix_divergence)
         self.last = m
         if step % self.tcfg.log_every == 0 or extra or step == self.tcfg.steps:
             now = time.perf_counter() if done_at is None else done_at
@@ -250,9 +250,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
     frozen = () if stage.frozen is None else (
         jax.device_put(stage.frozen.load(), c.frozen_shardings),)
     ckpt = Checkpointer(workdir, tcfg.keep_checkpoints, tcfg.async_checkpoint)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, c.abstract, data.iterator, data.position_global)
+    restored = ckpt.restore_latest(c.abstract, data.iterator, data.position_global, tcfg.resume)
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        state = restored[1]
     else:
         with sharding.activated(mesh, c.rules):
             state = _fresh_state(config, stage, c, frozen)

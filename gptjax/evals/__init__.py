@@ -1,0 +1,1 @@
+"""Evaluation pieces: degeneration measures, win rates, GSM8K, judges, answers, perplexity."""
