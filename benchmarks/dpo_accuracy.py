@@ -9,9 +9,17 @@ the reference is the SFT model) and this prints dpo_eval.json: over every held-o
 accuracy of r_w > r_l with r = beta log(pi / pi_ref), its standard error, the margin, and how
 the policy's log-probs of the chosen and rejected answers moved from the reference's (both
 falling is the known failure; the run warns when it happens). With --lora_rank > 0 it trains
-LoRA adapters instead of every weight.
+LoRA adapters instead of every weight. A finished DPO run of the same name is reused.
+
+With --judge_steps N > 0 it also measures the win rate of the DPO policy over the SFT model
+with stage `eval` (configs/eval_winrate.py: both answer the 80 Vicuna questions, twice each,
+sampled at temperature 0.7, at most --max_new_tokens tokens), judged by a reward model trained
+here for N steps from the same SFT workdir on hh-rlhf (ROOT/judge_hh-rlhf, reused when there),
+and prints the eval's tables (eval.md: the judge's own held-out accuracy, the win rate with its
+bootstrap interval, the length-matched win rate).
 
     python benchmarks/dpo_accuracy.py [--root runs/bench_reward] [--steps 300] [--lora_rank 0]
+        [--judge_steps 0] [--max_new_tokens 64]
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ def main() -> None:
     ap.add_argument("--loss", default="sigmoid")
     ap.add_argument("--lora_rank", type=int, default=0)
     ap.add_argument("--name", default="", help="the DPO workdir under ROOT (default dpo_<...>)")
+    ap.add_argument("--judge_steps", type=int, default=0, help="> 0: train a judge, win rate")
+    ap.add_argument("--max_new_tokens", type=int, default=64, help="win rate answers")
     args = ap.parse_args()
     root = os.path.abspath(args.root)
     sft = os.path.abspath(args.sft) if args.sft else os.path.join(root, "sft")
@@ -68,13 +78,14 @@ def main() -> None:
             batch, *schedule(args.sft_steps, 3e-4))
     name = args.name or (f"dpo_{args.loss}" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     out = os.path.join(root, name)
-    seconds["dpo"] = train(
-        out, "--config", "configs/dpo.py", f"--config.init_from={sft}",
-        f"--config.data.root={args.data_root}", "--config.data.mixture=hh-rlhf",
-        f"--config.train.batch_size={args.batch}", f"--config.dpo.beta={args.beta}",
-        f"--config.dpo.loss={args.loss}", f"--config.lora.rank={args.lora_rank}",
-        "--config.optim.warmup_steps=20", *schedule(args.steps, args.lr),
-        "--config.train.eval_every=50")  # after schedule(), which sets it to the last step
+    if not os.path.isfile(os.path.join(out, "dpo_eval.json")):  # (written once it finished)
+        seconds["dpo"] = train(
+            out, "--config", "configs/dpo.py", f"--config.init_from={sft}",
+            f"--config.data.root={args.data_root}", "--config.data.mixture=hh-rlhf",
+            f"--config.train.batch_size={args.batch}", f"--config.dpo.beta={args.beta}",
+            f"--config.dpo.loss={args.loss}", f"--config.lora.rank={args.lora_rank}",
+            "--config.optim.warmup_steps=20", *schedule(args.steps, args.lr),
+            "--config.train.eval_every=50")  # after schedule(), which sets it to the last step
     with open(os.path.join(out, "dpo_eval.json")) as f:
         r = json.load(f)
     with open(os.path.join(out, "data_stats.json")) as f:
@@ -91,6 +102,22 @@ def main() -> None:
           f"{r['margin']:.3f} | {r['logps_chosen'] - r['ref_logps_chosen']:+.2f} | "
           f"{r['logps_rejected'] - r['ref_logps_rejected']:+.2f} | "
           f"{r['displacement_warnings']} |")
+    if args.judge_steps > 0:
+        judge = os.path.join(root, "judge_hh-rlhf")
+        if not os.path.isfile(os.path.join(judge, "reward_eval.json")):
+            seconds["judge"] = train(
+                judge, "--config", "configs/reward_preferences.py", f"--config.init_from={sft}",
+                f"--config.data.root={args.data_root}", "--config.data.mixture=hh-rlhf",
+                "--config.train.batch_size=8", "--config.reward.normalize_prompts=32",
+                *schedule(args.judge_steps, 1e-4))
+        ev = os.path.join(root, f"eval_{name}_vs_sft")
+        seconds["eval"] = train(
+            ev, "--config", "configs/eval_winrate.py", f"--config.eval.a={out}",
+            f"--config.eval.b={sft}", f"--config.eval.judge={judge}",
+            f"--config.data.root={args.data_root}",
+            f"--config.eval.win_rate.max_new_tokens={args.max_new_tokens}")
+        with open(os.path.join(ev, "eval.md")) as f:
+            print(f"\nwin rate of {out} over {sft} ({ev}/eval.md):\n\n{f.read()}")
     print("\nwall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 

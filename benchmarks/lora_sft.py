@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--train", default="", help="lora.train: groups trained in full, e.g. wte")
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
-    from gptjax.data import sft as sft_data
+    from gptjax.data import sft as sft_data, sources
 
     root = os.path.abspath(args.root)
     os.makedirs(root, exist_ok=True)
@@ -83,7 +83,7 @@ def main() -> None:
     pre = os.path.join(root, "pretrain")
     if not done(pre, args.pretrain_steps):
         text = os.path.join(root, "kdconv_train.txt")
-        train_convs, _ = sft_data.split(sft_data.read_kdconv(args.data_root), 0.1)
+        train_convs, _ = sources.split(sft_data.read_kdconv(args.data_root), 0.1)
         with open(text, "w", encoding="utf-8") as f:
             f.write("\n".join(t["content"] for c in train_convs for t in c))
         s = args.pretrain_steps

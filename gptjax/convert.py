@@ -321,11 +321,8 @@ def to_hf(workdir: str, out_dir: str) -> int:
     """Write DIR's latest checkpoint as OUT_DIR/model.safetensors + config.json; returns its step.
 
     Only the parameters are read from the checkpoint (not the optimizer state)."""
-    import flax.linen as nn
-    import jax
     import jax.numpy as jnp
 
-    from gptjax.checkpoint import restore_params
     from gptjax.model import GPT
 
     m = read_workdir_model(workdir)
@@ -335,9 +332,8 @@ def to_hf(workdir: str, out_dir: str) -> int:
     if taken:
         raise GptjaxError(f"--to-hf {out_dir} already holds {taken}; refusing to overwrite. "
                           "Pass an empty or new folder.")
-    abstract = nn.unbox(jax.eval_shape(
-        lambda: GPT(m).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
-    step, params = restore_params(workdir, abstract)
+    # (a LoRA workdir: its base with the adapters merged in)
+    step, params = workdir_lib.restore_model(workdir, GPT(m), (jnp.zeros((1, 1), jnp.int32),))
     tensors = params_to_hf(params, m)
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -128,12 +128,3 @@ def test_bad_targets_and_ranks(spec, message):
     with pytest.raises(GptjaxError, match=message):
         lora.sites(GPT(CFG), spec, jnp.zeros((1, 4), jnp.int32))
 
-
-def test_rl_start_must_be_the_sft_model(tmp_path):
-    pre = tmp_path / "pre"
-    pre.mkdir()
-    (pre / "config.json").write_text(json.dumps({"stage": "pretrain"}))
-    config = _config(rank=4)
-    config.init_from = str(pre)
-    with pytest.raises(GptjaxError, match="pass the SFT workdir"):
-        tuning.check_rl_start(config)

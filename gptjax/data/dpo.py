@@ -20,11 +20,10 @@ import dataclasses
 
 import numpy as np
 
-from gptjax.data import preferences
+from gptjax.data import preferences, sources
 from gptjax.data.chat import render_prompt
-from gptjax.data.sft import split
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, TokenizerCoverageError
 
 
 def encode(rec: preferences.Preference, tok: Tokenizer, seq_len: int, k_max: int
@@ -56,6 +55,7 @@ def encode(rec: preferences.Preference, tok: Tokenizer, seq_len: int, k_max: int
 @dataclasses.dataclass
 class PairData:
     train: list[list[dict[str, np.ndarray]]]  # per source, encoded records
+    weights: list[float]  # per source, its data.mixture weight
     val: list[dict[str, np.ndarray]]
     k_max: int
     stats: dict[str, dict[str, int]]
@@ -63,15 +63,13 @@ class PairData:
 
 def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float,
          max_examples: int = 0) -> PairData:
-    """The preference data sets of `mixture` (comma-separated names or .jsonl paths), each
-    split into training and held-out records (`sft.split`, the same for every run)."""
-    names = [n.strip() for n in mixture.split(",") if n.strip()]
-    if not names:
-        raise GptjaxError("data.mixture is empty; name preference data, e.g. 'hh-rlhf' or a "
-                          ".jsonl file of {prompt, chosen, rejected} records")
-    raw = {name: preferences.read_source(name, root) for name in names}
-    k_max = max(len(r.answers) for recs in raw.values() for r in recs)
-    data = PairData([], [], k_max, {})
+    """The preference data of `mixture` (`name:weight` entries: named sets or files, as for the
+    reward model), each split into training and held-out records (`sources.split`, the same
+    for every run)."""
+    weights = dict(preferences.parse_mixture(mixture))
+    raw = {name: preferences.read_source(name, root) for name in weights}
+    k_max = max((len(r.answers) for recs in raw.values() for r in recs), default=2)
+    data = PairData([], [], [], k_max, {})
     for name, recs in raw.items():
         if max_examples:
             recs = recs[:max_examples]
@@ -79,16 +77,14 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
         for r in recs:
             try:
                 e = encode(r, tok, seq_len, k_max)
-            except GptjaxError as err:  # a character the char tokenizer lacks
-                if "not in this char tokenizer's vocabulary" not in str(err):
-                    raise
+            except TokenizerCoverageError:  # a character the char tokenizer lacks
                 unencodable += 1
                 continue
             if e is None:
                 too_long += 1
             else:
                 encoded.append(e)
-        tr, va = split(encoded, val_fraction)
+        tr, va = sources.split(encoded, val_fraction)
         data.stats[name] = {"records": len(recs), "train": len(tr), "val": len(va),
                             "not_encodable": unencodable, "too_long": too_long}
         if not tr or not va:
@@ -97,6 +93,7 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
                 f"records ({unencodable} not encodable by the tokenizer, {too_long} longer than "
                 f"data.seq_len={seq_len}); it needs at least one of each")
         data.train.append(tr)
+        data.weights.append(weights[name])
         data.val.extend(va)
     return data
 

@@ -224,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
                       f"{st['records']} records ({st['too_long']} too long for {seq_len + 1} "
                       f"tokens, {st['not_encodable']} not encodable)", flush=True)
     pidx, pcount = jax.process_index(), jax.process_count()
-    train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount)
+    train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
+                                          data.weights)
     val_set = dpo_data.val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     flops = s.cfg.flops_per_token(seq_len)
     monitor = Displacement(hp.beta, float(config.dpo.displacement_warning))

@@ -12,8 +12,7 @@
 The parameter tree is partitioned rather than masked (optax.masked / multi_transform would keep
 a frozen leaf in the optimized tree): the optimizer and the gradient see the trainable part
 only, so neither gradient buffers nor Adam moments exist for the base. SFT, the reward model
-and DPO build their stage from a Tuning; PPO / GRPO can too, with `rl_reference` as their
-reference policy.
+and DPO build their stage from a Tuning (PPO and GRPO do not yet).
 """
 
 from __future__ import annotations
@@ -142,31 +141,3 @@ def make(config: ml_collections.ConfigDict, workdir: str, module: nn.Module, ini
     return Tuning(spec, init, None, trainer.Frozen(frozen_init, lambda: {
         "base": lora.drop(base, full)}), tuple(full), trainable, total)
 
-
-def rl_reference(tuning: Tuning, frozen: Any) -> Any:
-    """The reference policy of an RL stage (PPO, GRPO) trained with LoRA: the frozen base with
-    the adapters off, i.e. `frozen['base']` itself, not a second copy of the weights. The base
-    is the init model of `finetune.start(config)`, so init_from must be the SFT workdir: a LoRA
-    SFT workdir loads as its base with its adapters merged (the SFT model, not the pretrained
-    one under it; see `workdir.restore_model`). Call `check_rl_start` when setting the stage up.
-
-    The policy is the same tree under `tuning.adapters(params, rng)`; e.g. in a rollout phase:
-
-        with tuning.adapters(state.params):       # policy = base + adapters
-            samples = rollout.sample(tuning.model_params(state.params, frozen), ...)
-        ref_logp = rollout.policy_logprobs(rl_reference(tuning, frozen), ...)  # adapters off
-    """
-    if tuning.spec is None:
-        raise ValueError("rl_reference is the LoRA reference; a fully fine-tuned policy keeps "
-                         "its own frozen copy of the SFT model as the reference")
-    return frozen["base"]
-
-
-def check_rl_start(config: ml_collections.ConfigDict) -> None:
-    """Refuse an RL stage with LoRA whose init_from is not a fine-tuned chat model: the frozen
-    base doubles as the reference and must be the SFT (or DPO) model."""
-    kind = workdir_lib.stage(config.init_from)
-    if lora.spec_from(config.lora) is not None and kind not in ("sft", "dpo"):
-        raise GptjaxError(
-            f"stage {config.stage!r} with LoRA uses the init model as the frozen reference, but "
-            f"--config.init_from={config.init_from} is a {kind!r} workdir: pass the SFT workdir")
