@@ -97,12 +97,3 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
         data.val.extend(va)
     return data
 
-
-def val_stack(val: list[dict[str, np.ndarray]], global_batch: int, num_batches: int,
-              pidx: int, pcount: int) -> dict[str, np.ndarray]:
-    """The fixed validation batches used during training: this process's rows, (n, rows, ...)
-    per field (the held-out records in order, repeated if there are too few)."""
-    rows = global_batch // pcount
-    data = preferences.stack([val[i % len(val)] for i in range(num_batches * global_batch)])
-    return {k: v.reshape(num_batches, global_batch, *v.shape[1:])[:, pidx * rows:(pidx + 1) * rows]
-            for k, v in data.items()}

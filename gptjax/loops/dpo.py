@@ -226,7 +226,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
                                           data.weights)
-    val_set = dpo_data.val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
+    val_set = preferences.val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     flops = s.cfg.flops_per_token(seq_len)
     monitor = Displacement(hp.beta, float(config.dpo.displacement_warning))
     result = trainer.fit(config, workdir, supervised.loss_stage(

@@ -28,15 +28,6 @@ from gptjax.loops import finetune, supervised, trainer, tuning
 from gptjax.model import RewardModel
 
 
-def _val_stack(val: list, global_batch: int, num_batches: int, pidx: int, pcount: int):
-    """The fixed validation batches used during training: this process's rows, (n, rows, ...)
-    per field (the held-out records in order, repeated if there are too few)."""
-    rows = global_batch // pcount
-    data = preferences.stack([val[i % len(val)] for i in range(num_batches * global_batch)])
-    return {k: v.reshape(num_batches, global_batch, *v.shape[1:])[:, pidx * rows:(pidx + 1) * rows]
-            for k, v in data.items()}
-
-
 def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
     """Pairwise accuracy over every labeled pair of the held-out records (the same accuracy as
     the training metric, over all records at once)."""
@@ -70,7 +61,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
                                           data.weights)
-    val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
+    val_set = preferences.val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     answers = tcfg.batch_size * data.k_max
     # LoRA: adapters on the SFT trunk, the new head trained in full
     tune = tuning.make(config, workdir, model,
