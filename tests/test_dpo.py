@@ -117,6 +117,18 @@ def rule_data(path, n: int, seed: int = 0) -> str:
     return str(path)
 
 
+def test_load_weighs_the_mixture_and_counts_what_it_leaves_out(tmp_path):
+    a, b = rule_data(tmp_path / "a.jsonl", 10), rule_data(tmp_path / "b.jsonl", 6, seed=1)
+    with open(b, "a") as f:  # a character the char tokenizer lacks, and a too-long answer
+        f.write(json.dumps({"prompt": "say a?", "chosen": "ab\u00e9", "rejected": "xy"}) + "\n")
+        f.write(json.dumps({"prompt": "say a?", "chosen": "a" * 40, "rejected": "z"}) + "\n")
+    data = dpo_data.load("unused", f"{a}:2,{b}", TOK, 24, 0.2)
+    assert data.weights == [2.0, 1.0] and data.k_max == 2 and len(data.train) == 2
+    assert data.stats[b] == {"records": 8, "train": 5, "val": 1, "not_encodable": 1,
+                             "too_long": 1}
+    assert len(data.val) == data.stats[a]["val"] + 1
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo_inputs")
@@ -201,6 +213,11 @@ def test_lora_dpo_with_precomputed_reference(inputs, tmp_path):
     from safetensors.numpy import load_file
     w = load_file(str(hf / "model.safetensors"))["transformer.h.0.mlp.c_fc.weight"]
     np.testing.assert_array_equal(w, model.params["h_0"]["mlp"]["c_fc"]["kernel"])
+    # --to-hf on the LoRA workdir itself exports the same merged weights
+    assert convert.main(["--workdir", wd, "--to-hf", str(tmp_path / "hf_direct")]) == 0
+    direct = load_file(str(tmp_path / "hf_direct" / "model.safetensors"))
+    assert direct.keys() == load_file(str(hf / "model.safetensors")).keys()
+    np.testing.assert_array_equal(direct["transformer.h.0.mlp.c_fc.weight"], w)
     with pytest.raises(GptjaxError, match="trained no LoRA adapters"):
         workdir_lib.merge_lora(str(out), str(tmp_path / "again"))
 
