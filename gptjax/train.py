@@ -23,6 +23,7 @@ STAGE_MODULES = {
     "ppo": "gptjax.loops.ppo",
     "eval": "gptjax.loops.eval",
     "grpo": "gptjax.loops.grpo",
+    "dpo": "gptjax.loops.dpo",
     "pipeline": "gptjax.pipeline",  # the stages above in a row (configs/chatgpt_tiny.py)
 }
 
