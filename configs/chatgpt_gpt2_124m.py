@@ -65,9 +65,14 @@ def get_config():
     s.ppo = stage("ppo")
     p = s.ppo
     p.init_from = "@sft"
-    p.ppo.update(reward_from="@reward", batch_prompts=64, samples_per_prompt=4,
-                 max_new_tokens=128, epochs=4, num_minibatches=4, ptx_coef=1.0,
-                 ptx_data=embedded_path("wiki_demo.txt.gz"), offset_prompts=64, eval_prompts=16)
+    # Sized to fit 16 GiB a chip (v5e): at 64 prompts, prompts up to 896 tokens and 4
+    # minibatches, `python -m gptjax.aot --topology v5e:2x2` found scoring needing 17.4 GiB and
+    # the update 33.3 GiB of temporaries a chip. Longer prompts keep their most recent whole
+    # turns that fit 384 tokens.
+    p.ppo.update(reward_from="@reward", batch_prompts=32, samples_per_prompt=4,
+                 max_new_tokens=128, max_prompt_tokens=384, epochs=4, num_minibatches=8,
+                 ptx_coef=1.0, ptx_batch=16, ptx_data=embedded_path("wiki_demo.txt.gz"),
+                 offset_prompts=64, eval_prompts=16)
     p.train.update(steps=100, log_every=1, eval_every=25, checkpoint_every=25)
     p.optim.update(lr=1e-6, min_lr=1e-6, warmup_steps=10, decay_steps=1600)
 

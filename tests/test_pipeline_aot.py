@@ -41,7 +41,8 @@ def test_every_stage_of_the_gpt2_pipeline_compiles_for_a_tpu_slice():
     small = [f"--config.stages.{s}.model.{k}={v}" for s in ("sft", "reward", "judge", "ppo")
              for k, v in SMALL.items()]
     r = run_cli("gptjax.aot", "--config", "configs/chatgpt_gpt2_124m.py", "--topology",
-                "v5e:2x2", *small, "--config.stages.ppo.ppo.max_new_tokens=16", env_extra=env,
+                "v5e:2x2", *small, "--config.stages.ppo.ppo.max_new_tokens=16",
+                "--config.stages.ppo.ppo.max_prompt_tokens=48", env_extra=env,
                 timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "## 4 x TPU v5 lite" in r.stdout
