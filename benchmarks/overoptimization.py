@@ -13,7 +13,8 @@ Issue 12, section 2. From a chain built by `benchmarks/reward_accuracy.py` (--ch
 3. proxy: the reward stage from the SFT model on those rankings (InstructGPT's C(K, 2) pairs
    per prompt, the stage's own loss), 10% of the prompts held out;
 4. PPO from the SFT model against the proxy on hh-rlhf training prompts, twice: with a fixed
-   KL penalty (--beta) and without one (ppo.init_kl_coef=0, ppo.target_kl=0); every
+   KL penalty (--beta, on scores in units of the SFT answers' proxy-score std:
+   ppo.normalize_scores) and without one (ppo.init_kl_coef=0, ppo.target_kl=0); every
    --eval_every iterations each run answers the first --eval_prompts held-out prompts
    (samples.jsonl), every checkpoint kept;
 5. the curve: at every eval point, the mean gold and proxy score (each minus its mean over
@@ -105,6 +106,7 @@ def ppo(args, name: str, sft: str, proxy: str, beta: float) -> str:
              f"--config.train.checkpoint_every={args.eval_every}",
              f"--config.train.keep_checkpoints={n_evals}", f"--config.optim.lr={args.lr}",
              f"--config.optim.min_lr={args.lr}", "--config.optim.warmup_steps=8",
+             "--config.ppo.normalize_scores=True",
              f"--config.seed={args.seed}")
     return wd
 
@@ -167,7 +169,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/over")
     ap.add_argument("--data_root", default=rr.DATA)
     ap.add_argument("--gold_steps", type=int, default=300)
-    ap.add_argument("--proxy_steps", type=int, default=250)
+    ap.add_argument("--proxy_steps", type=int, default=200)
     ap.add_argument("--rank_prompts", type=int, default=1024)
     ap.add_argument("--max_base_perplexity", type=float, default=2000.0)
     ap.add_argument("--fail_sd", type=float, default=3.0)

@@ -16,7 +16,7 @@ Issue 12, section 3. From a chain built by `benchmarks/reward_accuracy.py` (--ch
    within 25%).
 
     python benchmarks/rlhf_heldout.py [--chain runs/chain] [--out runs/heldout] \
-        [--runs shipped,fixed] [--iterations 60]
+        [--runs issue,shipped,fixed] [--iterations 60]
 
 Prints a markdown table; everything lands in out/results.json.
 """
@@ -35,12 +35,17 @@ import rlhf_runs as rr  # noqa: E402
 PPO_COMMON = ("--config.ppo.batch_prompts=8", "--config.ppo.samples_per_prompt=4",
               "--config.ppo.max_new_tokens=48", "--config.ppo.max_prompt_tokens=96",
               "--config.ppo.num_minibatches=2", "--config.ppo.eval_prompts=16",
-              "--config.train.eval_batches=2", "--config.ppo.offset_prompts=32")
-# name -> (what it is, overrides of configs/ppo.py)
+              "--config.train.eval_batches=2", "--config.optim.lr=3e-5",
+              "--config.optim.min_lr=3e-5")
+# name -> (what it is, overrides of configs/ppo.py beside PPO_COMMON)
 RUNS = {
-    "shipped": ("configs/ppo.py as shipped (adaptive beta from 0.2 towards KL 6, 4 epochs, "
-                "truncated answers penalised), lr 3e-5",
-                ("--config.optim.lr=3e-5", "--config.optim.min_lr=3e-5")),
+    "issue": ("as issue 12 ran it: a truncated answer scored at its last token, the reward "
+              "workdir's offset, the critic at the raw reward model",
+              ("--config.ppo.truncated=none", "--config.ppo.offset_prompts=0",
+               "--config.ppo.center_critic=False")),
+    "shipped": ("configs/ppo.py as shipped: truncated answers penalised, the offset measured "
+                "with PPO's sampling, the critic on the scores' scale",
+                ("--config.ppo.offset_prompts=32",)),
 }
 
 
@@ -70,7 +75,23 @@ def split_hh(data_root: str, out: str, seed: int = 0) -> dict[str, int]:
     return counts
 
 
-def main() -> None:
+def ppo(args: argparse.Namespace, name: str) -> tuple[str, float]:
+    """Step 3: PPO run `name` of RUNS against RM-A on A's prompts; (workdir, seconds)."""
+    chain, out = os.path.abspath(args.chain), os.path.abspath(args.out)
+    split = os.path.join(out, "split")
+    wd = os.path.join(out, f"ppo_{name}")
+    seconds = rr.train(
+        wd, args.iterations, "--config", "configs/ppo.py",
+        f"--config.init_from={os.path.join(chain, 'sft')}",
+        f"--config.ppo.reward_from={os.path.join(out, 'reward_A')}",
+        f"--config.data.root={args.data_root}",
+        f"--config.data.mixture={os.path.join(split, 'A.jsonl')}", *PPO_COMMON,
+        f"--config.train.eval_every={args.eval_every}",
+        f"--config.train.checkpoint_every={args.iterations}", *RUNS[name][1])
+    return wd, seconds
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chain", default="runs/chain")
@@ -83,7 +104,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2, help="answers per C prompt and model")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--until", default="", help="stop after this step: split, rewards, ppo")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     chain, out = os.path.abspath(args.chain), os.path.abspath(args.out)
     sft, pretrain = os.path.join(chain, "sft"), os.path.join(chain, "pretrain")
     split = os.path.join(out, "split")
@@ -103,14 +128,8 @@ def main() -> None:
         return
     results = {}
     for name in [r for r in args.runs.split(",") if r]:
-        what, overrides = RUNS[name]
-        wd = os.path.join(out, f"ppo_{name}")
-        seconds = rr.train(
-            wd, args.iterations, "--config", "configs/ppo.py", f"--config.init_from={sft}",
-            f"--config.ppo.reward_from={rms['A']}", f"--config.data.root={args.data_root}",
-            f"--config.data.mixture={os.path.join(split, 'A.jsonl')}", *PPO_COMMON,
-            f"--config.train.eval_every={args.eval_every}",
-            f"--config.train.checkpoint_every={args.iterations}", *overrides)
+        what = RUNS[name][0]
+        wd, seconds = ppo(args, name)
         if args.until == "ppo":
             continue
         results[name] = {"what": what, "ppo_seconds": seconds, "judges": {}}

@@ -138,6 +138,9 @@ def ppo_config() -> ml_collections.ConfigDict:
     # reward model. score_clip > 0 clips |score| at that many SFT stds (0 = off).
     p.normalize_scores = False
     p.score_clip = 0.0
+    # The critic starts from the reward model moved to the scores' scale (minus the offset, over
+    # the std with normalize_scores); False = the raw reward model (gptjax/rl/iteration.py).
+    p.center_critic = True
     # The reward offset (SFT answers score 0 on average) is measured at step 0 on this many
     # training prompts with PPO's sampling settings; 0 = the reward workdir's offset.
     p.offset_prompts = 64

@@ -212,7 +212,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         top_k=p.top_k, top_p=p.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
     spec = iteration.Spec(s.cfg, scorer.cfg, rc, ppo_hparams(config), p.truncated,
                           p.truncated_penalty, bool(p.normalize_scores), float(p.score_clip),
-                          ptx=bool(p.ptx_coef))
+                          bool(p.center_critic), ptx=bool(p.ptx_coef))
     return Setup(spec, s.tokenizer, s.params, jax.device_get(scorer.params), scorer.offset,
                  prompts, held[:p.eval_prompts], corpus)
 

@@ -59,6 +59,7 @@ class Spec:
     truncated_penalty: float = 1.0
     normalize_scores: bool = False  # divide by the SFT answers' score std (reward_scale)
     score_clip: float = 0.0  # |score| <= score_clip SFT score stds; 0 = no clipping
+    center_critic: bool = True  # start the critic on the scores' scale (initial_state)
     ptx: bool = False  # batches carry pretraining windows (R, epochs * minibatches, T + 1)
 
 
@@ -71,11 +72,11 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
     With n = 0 the offset is `offset` (default 0) and the scale 1.
 
     The critic starts as the reward model read at every prefix, moved to the scale of the
-    scores it learns to predict: its head (w, b) becomes ((w, b − offset) / scale) with
-    normalize_scores, (w, b − offset) without. Started at the raw reward model (as before), its
-    values were off by the offset at every token, which GAE turns into an advantage of
-    offset · λ^(T−t) on the answer's last tokens, whatever they are, for the iterations the
-    clipped value loss (vf_clip per update) takes to unlearn it."""
+    scores it learns to predict (center_critic): its head (w, b) becomes ((w, b − offset) /
+    scale) with normalize_scores, (w, b − offset) without. Started at the raw reward model (as
+    before; center_critic=False), its values are off by the offset at every token, which GAE
+    turns into an advantage of offset · λ^(T−t) on the answer's last tokens, whatever they are,
+    for the iterations the clipped value loss (vf_clip per update) takes to unlearn it."""
     policy, value = jax.tree.map(jnp.copy, (frozen["ref"], frozen["reward"]))
     tokens, lengths = frozen["offset_prompts"]
     if tokens.shape[0] == 0:
@@ -96,7 +97,8 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
         scale = jnp.sqrt(((raw - offset) ** 2 * w).sum() / w.sum())
         scale = jnp.where(scale > 0, scale, 1.0)
     unit = scale if spec.normalize_scores else jnp.ones((), jnp.float32)
-    value = critic_on_score_scale(value, offset, unit)
+    if spec.center_critic:
+        value = critic_on_score_scale(value, offset, unit)
     return PPOState(step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
                     opt_state=tx.init({"policy": policy, "value": value}), kl=kl,
                     reward_offset=offset, reward_scale=scale)
