@@ -1,4 +1,5 @@
-"""Sharding layouts side by side: compile time, step time, memory and the collectives XLA inserts.
+"""Sharding layouts side by side: compile time, step time, memory, the collectives XLA inserts,
+and a roofline estimate of the step on the target chip.
 
     python benchmarks/sharding_layouts.py --devices 8 [--config configs/gpt2_124m.py]
         [--config.train.batch_size=16 ...] [--layouts dp,fsdp,tp,fsdp_tp] [--mesh 2,2,2 ...]
@@ -6,60 +7,70 @@
     python benchmarks/sharding_layouts.py --aot --devices 64 --mesh 8,8,1 [--config ...]
     python benchmarks/sharding_layouts.py --aot --topology v5e:4x4 --mesh 1,16,1  # needs libtpu
 
-Every layout compiles the real pretraining step (`gptjax.loops.pretrain.build`: AdamW, clipping,
-donation, gradient accumulation) ahead of time from abstract arrays (`train_step.lower(
-abstract state, ShapeDtypeStruct batch).compile()`), so memory and collectives come without
-allocating a state; then, unless --steps 0 or the simulated devices would not fit in host RAM,
-it runs --steps timed steps (median, after one warm-up) on random tokens. `--devices N`
-simulates N CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, JAX_PLATFORMS=cpu);
-without it the backend's real devices are used. `--aot` compiles only, with the config's own
-shapes (no CPU-sized defaults), for a target mesh: what a pod needs per device before renting it.
-`--topology NAME` compiles for TPU devices described by `jax.experimental.topologies` (needs the
-libtpu package, no TPU hardware).
+Every layout compiles the real pretraining step (`gptjax.step.make_train_step` over the
+pretraining loss, AdamW, clipping, donation, gradient accumulation, with the config's
+`sharding.gather_weights`) ahead of time from abstract arrays (`train_step.lower(abstract state,
+ShapeDtypeStruct batch).compile()`), so memory and collectives come without allocating a state;
+then, unless --steps 0 or the simulated devices would not fit in host RAM, it runs --steps timed
+steps (median, after one warm-up) on random tokens. `--devices N` simulates N CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N, JAX_PLATFORMS=cpu); without it the
+backend's real devices are used. `--aot` compiles only, with the config's own shapes (no
+CPU-sized defaults), for a target mesh: what a pod needs per device before renting it.
+`--topology NAME` compiles for TPU devices described by `jax.experimental.topologies` (XLA:TPU
+from the libtpu package, no TPU hardware). Any jitted step can be measured the same way:
+`measure_step(Target(...))` takes the step, its abstract arguments and the analytic counts.
 
 Defaults outside --aot: the config with train.batch_size=8, train.grad_accum=1, model.dtype=float32
 and data.seq_len=min(128, block_size) (a step a CPU can run); `--config.a.b=v` overrides them.
 
 Memory (per device, `compiled.memory_analysis()`): argument (state + batch), output, temp
-(activations, gradients, workspace), generated code; `live peak` is `device.memory_stats()
-['peak_bytes_in_use']` where the backend reports it (not on CPU).
+(activations, gradients, workspace), generated code; peak = argument + output - aliased + temp
++ code, compared with the chip's HBM; `live peak` is `device.memory_stats()['peak_bytes_in_use']`
+where the backend reports it (not on CPU).
 
 Collectives: parsed from `compiled.as_text()` (benchmarks/hlo_collectives.py), per device and per
 step; bytes = the whole buffer each works on (result of all-reduce / all-gather, operand of
-reduce-scatter).
+reduce-scatter; what a decomposed one's permutes move). Roofline (benchmarks/roofline.py): the
+step's FLOPs, HBM bytes and ICI bytes over the chip's public peak rates.
 
-Analytic expectation, per device and step. P_p = bytes of parameter p in float32 (the position
-table counts only its seq_len used rows: its gradient is zero elsewhere and XLA slices before
-reducing), t_p = how many ways p is split over non-batch mesh axes (tensor), b_p = over batch axes
-(batch = data x fsdp per the rules), n_b = data x fsdp devices, k = grad_accum, L layers, B global
-batch, T = seq_len, C = n_embd, a = bytes of an activation all-reduce (compute dtype; XLA:CPU
-promotes bf16 all-reduces to f32, so 4 there):
+Analytic expectation, per device and step. P_p = bytes of parameter p in float32, t_p = how many
+ways p is split over non-batch mesh axes (tensor), b_p = over batch axes (batch = data x fsdp per
+the rules), n_b = data x fsdp devices, k = grad_accum, L layers, B global batch, T = seq_len,
+C = n_embd, a = bytes of an activation all-reduce (compute dtype; XLA:CPU promotes bf16
+all-reduces to f32, so 4 there). With gather_weights = per_step and the LM loss (each device
+accumulates its own rows' gradient; make_train_step's docstring):
 
-    all-gather      sum over p with b_p > 1 of P_p / t_p            (forward; a backward that
-                                                                      re-gathers shows as x2)
+    all-gather      sum over p with b_p > 1 of P_p / t_p            (once per step)
+    reductions      sum over p of P_p / t_p                         (once per step: a reduce-
+                                                                     scatter where b_p > 1, else
+                                                                     an all-reduce)
+With gather_weights = per_micro_step (or a loss reduced per micro-step), as XLA places them:
+
+    all-gather      2k * sum over p with b_p > 1 of P_p / t_p       (at most: every micro-step's
+                                                                      forward and backward)
     reduce-scatter  k * sum over p with b_p > 1 of P_p / t_p        (gradients of sharded params)
-    all-reduce      k * sum over p with b_p = 1 of P_p / t_p         (if n_b > 1: replicated grads)
+    all-reduce      k * sum over p with b_p = 1 of P_p / t_p        (if n_b > 1: replicated grads)
                     + k * sum over p with 1 < b_p < n_b of P_p / (t_p b_p)   (shards over data)
-                    + (4L + 2) * (B / n_b) * T * C * a              (if tensor > 1: per block two
+and in both, if tensor > 1:
+                    + (4L + 2) * (B / n_b) * T * C * a   all-reduces of activations (per block two
                        forward (attention and MLP output projections, contracting the split
                        heads / mlp) and two backward (their input projections), plus the
                        vocabulary-split embedding lookup forward and the tied head backward)
 
-so DP = one all-reduce of all parameter bytes, FSDP = one all-gather + one reduce-scatter of
-them, TP = (4L + 2) activation all-reduces of B*T*C, FSDP+TP = those of the tensor shards plus
-the activation all-reduces of the local batch. Scalars (loss, norms) are left out. Known
-deviations XLA:CPU shows (printed under the table): it has no reduce-scatter creator, so
-sharded gradients are all-reduced whole and then sliced (same buffer bytes, so the comparison
-is on reductions = all-reduce + reduce-scatter); it has no all-reduce reassociation, so the tied
-embedding's two gradient contributions (input lookup, output head) are reduced separately in DP,
-one extra V*C*4 bytes; and it may re-gather parameters in the backward (all-gather ratio ~2).
+The position table counts its T used rows in the second model (XLA slices before reducing).
+Scalars (loss, norms) are left out. Known deviations (printed under the table): XLA:CPU has no
+reduce-scatter creator, so sharded gradients are all-reduced whole and then sliced (same buffer
+bytes, so the comparison is on reductions = all-reduce + reduce-scatter); where the gradient is
+reduced per micro-step, the tied embedding's two contributions (input lookup, output head) may be
+reduced separately; XLA:TPU gathers bf16 copies of weights it only uses in bf16 (half the bytes).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import gc
+import importlib.util
 import math
 import os
 import statistics
@@ -74,6 +85,10 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing the package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hlo_collectives  # noqa: E402
+import layout_report  # noqa: E402
+import roofline  # noqa: E402
+from gptjax.cli import exit_on_user_error  # noqa: E402
+from gptjax.errors import GptjaxError  # noqa: E402
 
 LAYOUTS = {  # DESIGN.md's layout names -> mesh
     "dp": dict(data=-1, fsdp=1, tensor=1),
@@ -84,6 +99,8 @@ LAYOUTS = {  # DESIGN.md's layout names -> mesh
 CPU_DEFAULTS = {"train.batch_size": 8, "train.grad_accum": 1, "model.dtype": "float32"}
 CPU_SEQ_LEN = 128  # data.seq_len unless given (or the model's block_size if shorter)
 MIB = 2 ** 20
+LIBTPU_MISSING = ("--topology compiles with XLA:TPU, which the libtpu package provides and this "
+                  "environment lacks: pip install libtpu (or pip install -e '.[bench]')")
 
 
 def load_config(path: str, overrides: list[str], defaults: dict[str, Any]):
@@ -114,7 +131,7 @@ def _axes(entry: Any) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
-def expected_collectives(config, pieces) -> dict[str, float]:
+def expected_collectives(config, pieces, per_device: bool) -> dict[str, float]:
     """The analytic bytes per device and step of the module docstring, by kind."""
     import jax
     from gptjax import axes, sharding
@@ -123,11 +140,12 @@ def expected_collectives(config, pieces) -> dict[str, float]:
     n_b = sharding.batch_divisor(mesh, pieces.rules)
     k = config.train.grad_accum
     t_len = pieces.seq_len
+    regather = 1 if per_device else 2 * k
     gather = scatter = reduce = tied = 0.0
     flat = jax.tree_util.tree_flatten_with_path(pieces.abstract.params)[0]
     for path, leaf in flat:
         shape, name = list(leaf.shape), jax.tree_util.keystr(path)
-        if "wpe" in name:
+        if "wpe" in name and not per_device:
             shape[0] = min(shape[0], t_len)  # only the used positions get a gradient
         size = math.prod(shape) * leaf.dtype.itemsize
         split = [a for e in leaf.sharding.spec for a in _axes(e)]
@@ -135,10 +153,17 @@ def expected_collectives(config, pieces) -> dict[str, float]:
         t_p = math.prod(mesh.shape[a] for a in split if a not in batch_axes)
         if n_b == 1:
             continue
-        if "wte" in name:  # XLA:CPU may reduce its two gradient contributions separately
+        if b_p > 1:
+            gather += regather * size / t_p
+        if per_device:  # one reduction of the accumulated gradient per step
+            if b_p > 1:
+                scatter += size / t_p
+            else:
+                reduce += size / t_p
+            continue
+        if "wte" in name:  # its two gradient contributions may be reduced separately
             tied = k * size / t_p
         if b_p > 1:
-            gather += size / t_p
             scatter += k * size / t_p
             if n_b > b_p:  # the rest of the batch axes still hold partial sums of the shard
                 reduce += k * size / t_p / b_p
@@ -150,7 +175,8 @@ def expected_collectives(config, pieces) -> dict[str, float]:
     if tensor > 1:
         m = config.model
         dtype = np.dtype(jax.numpy.dtype(m.dtype))
-        a = 4 if jax.devices()[0].platform == "cpu" and m.dtype == "bfloat16" else dtype.itemsize
+        cpu = mesh.devices.flat[0].platform == "cpu"
+        a = 4 if cpu and m.dtype == "bfloat16" else dtype.itemsize
         act = (4 * m.n_layer + 2) * config.train.batch_size / n_b * t_len * m.n_embd * a
     return {"all-gather": gather, "reduce-scatter": scatter, "all-reduce": reduce + act,
             "activations": act, "tied embedding": tied}
@@ -183,196 +209,118 @@ def _host_available() -> float:
     return float("inf")
 
 
-def measure(config, mesh: dict[str, int], steps: int, devices: Any = None,
-            dump_hlo: str | None = None) -> dict[str, Any]:
-    """Compile the real train step for one mesh (abstract inputs), read memory and collectives
-    from the executable, then (steps > 0) time `steps` steps after one warm-up."""
+@dataclasses.dataclass
+class Target:
+    """One jitted step to measure: `step(*args)` with abstract `args` (ShapeDtypeStructs with
+    shardings); `run_args(rng)` makes concrete ones for the timed steps (None: compile only).
+    The pretraining step is `pretrain_target`; another stage (the PPO iteration) supplies its
+    own step, arguments, analytic collective bytes and model FLOPs the same way."""
+    step: Any
+    args: tuple
+    mesh: Any
+    rules: Any
+    param_bytes: int
+    analytic: dict[str, float]
+    model_flops: float  # per step, all devices (6N + 6LTC per token for the LM)
+    tokens: int  # per step, all devices
+    gather: str
+    run_args: Any = None
+
+
+def pretrain_target(config, mesh: dict[str, int], devices: Any = None) -> Target:
+    """The real pretraining step for one mesh, jitted with the config's gather_weights."""
     import jax
     import jax.numpy as jnp
-    from gptjax import sharding
+    from gptjax import step as step_lib
     from gptjax.loops import pretrain
 
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh)
     pieces = pretrain.build(config, devices)
     _check_divisible(config, pieces)
-    b = config.train.batch_size
-    batch = jax.ShapeDtypeStruct((b, pieces.seq_len + 1), jnp.int32,
-                                 sharding=pieces.batch_sharding)
-    with sharding.activated(pieces.mesh, pieces.rules):
+    gather = config.sharding.gather_weights
+    step = pieces.train_step  # the trainer's jit of the stage's step (gather_weights from config)
+    b, t = config.train.batch_size, pieces.seq_len
+    batch = jax.ShapeDtypeStruct((b, t + 1), jnp.int32, sharding=pieces.batch_sharding)
+    per_device = gather == "per_step" and bool(step_lib.batch_mesh_axes(pieces.mesh,
+                                                                        pieces.rules))
+
+    def run_args(rng):
+        tokens = [jax.device_put(rng.integers(0, config.model.vocab_size, (b, t + 1),
+                                              dtype=np.int32), pieces.batch_sharding)
+                  for _ in range(2)]
+        return pieces.make_state(jax.random.key(0)), tokens
+
+    params = jax.tree.leaves(pieces.abstract.params)
+    return Target(step, (pieces.abstract, batch), pieces.mesh, pieces.rules,
+                  sum(x.size * x.dtype.itemsize for x in params),
+                  expected_collectives(config, pieces, per_device),
+                  pieces.model.cfg.flops_per_token(t) * b * t, b * t, gather, run_args)
+
+
+def measure(config, mesh: dict[str, int], steps: int, devices: Any = None,
+            dump_hlo: str | None = None) -> dict[str, Any]:
+    """Compile the real train step for one mesh (abstract inputs), read memory, collectives and
+    the roofline from the executable, then (steps > 0) time `steps` steps after one warm-up."""
+    return measure_step(pretrain_target(config, mesh, devices), steps, dump_hlo)
+
+
+def measure_step(target: Target, steps: int = 0, dump_hlo: str | None = None) -> dict[str, Any]:
+    import jax
+    from gptjax import sharding
+
+    name = "x".join(str(target.mesh.shape[a]) for a in ("data", "fsdp", "tensor"))
+    with sharding.activated(target.mesh, target.rules):
         t0 = time.perf_counter()
-        compiled = pieces.train_step.lower(pieces.abstract, batch).compile()
+        compiled = target.step.lower(*target.args).compile()
         compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     hlo = compiled.as_text()
     if dump_hlo:
         os.makedirs(dump_hlo, exist_ok=True)
-        name = "x".join(str(pieces.mesh.shape[a]) for a in ("data", "fsdp", "tensor"))
-        with open(os.path.join(dump_hlo, f"train_step_{name}.hlo.txt"), "w") as f:
+        with open(os.path.join(dump_hlo, f"train_step_{name}_{target.gather}.hlo.txt"),
+                  "w") as f:
             f.write(hlo)
-    coll = hlo_collectives.count_collectives(hlo)
-    params = jax.tree.leaves(pieces.abstract.params)
+    coll, unknown = hlo_collectives.count_collectives(hlo), hlo_collectives.unknown_trip_counts(hlo)
+    devs = target.mesh.devices.flat
     r: dict[str, Any] = dict(
-        mesh="x".join(str(pieces.mesh.shape[a]) for a in ("data", "fsdp", "tensor")),
-        compile_s=compile_s, param_bytes=sum(x.size * x.dtype.itemsize for x in params),
+        mesh=name, gather=target.gather, compile_s=compile_s, param_bytes=target.param_bytes,
         argument=mem.argument_size_in_bytes, output=mem.output_size_in_bytes,
         alias=mem.alias_size_in_bytes, temp=mem.temp_size_in_bytes,
-        code=mem.generated_code_size_in_bytes,
-        unknown_trip_counts=hlo_collectives.unknown_trip_counts(hlo),
+        code=mem.generated_code_size_in_bytes, unknown_trip_counts=unknown,
         step_s=None, live_peak=None, note="")
+    r["peak"] = r["argument"] + r["output"] - r["alias"] + r["temp"] + r["code"]
     for kind, c in coll.items():
-        r[f"{kind} n"], r[f"{kind} bytes"] = c.count, c.bytes
-    for kind, v in expected_collectives(config, pieces).items():
+        r[f"{kind} n"], r[f"{kind} bytes"], r[f"{kind} permutes"] = c.count, c.bytes, c.permutes
+    for kind, v in target.analytic.items():
         r[f"{kind} analytic"] = v
-    r["total bytes"] = sum(c.bytes for c in coll.values())
-    if steps <= 0:
+    cost = roofline.cost(hlo, coll)
+    r.update(flops=cost.flops, hbm_bytes=cost.hbm_bytes, wire_bytes=cost.wire_bytes,
+             tokens_per_chip=target.tokens / len(devs), hbm=None, t_bound=None)
+    chip = roofline.CHIPS.get(devs[0].device_kind) if devs[0].platform != "cpu" else None
+    if chip is not None:
+        r.update(chip=chip.name, hbm=chip.hbm_bytes,
+                 **roofline.estimate(cost, chip, target.model_flops / len(devs)))
+    if steps <= 0 or target.run_args is None:
         return r
-    devs = pieces.mesh.devices.flat
     if devs[0].platform == "cpu":  # every simulated device lives in this process's RAM
-        need = len(pieces.mesh.devices.flat) * (r["argument"] + r["temp"] + r["output"]
-                                               - r["alias"])
+        need = len(devs) * (r["argument"] + r["temp"] + r["output"] - r["alias"])
         if need > 0.7 * _host_available():
             r["note"] = f"not run: needs ~{need / 2**30:.1f} GiB host RAM"
             return r
-    state = pieces.make_state(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    tokens = [jax.device_put(rng.integers(0, config.model.vocab_size, (b, pieces.seq_len + 1),
-                                          dtype=np.int32), pieces.batch_sharding)
-              for _ in range(2)]
+    state, batches = target.run_args(np.random.default_rng(0))
     times = []
     for i in range(steps + 1):  # the first one warms up
         t0 = time.perf_counter()
-        state, metrics = compiled(state, tokens[i % 2])
+        state, metrics = compiled(state, batches[i % len(batches)])
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t0)
     r["step_s"] = statistics.median(times[1:])
     stats = [d.memory_stats() for d in devs]
     if all(stats) and all("peak_bytes_in_use" in s for s in stats):
         r["live_peak"] = max(s["peak_bytes_in_use"] for s in stats)
-    del state, tokens, metrics
+    del state, batches, metrics
     return r
-
-
-def _mib(x: Any) -> str:
-    return "n/a" if x is None else f"{x / MIB:,.1f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.3f}" if b else ("–" if not a else "∞")
-
-
-def tables(rows: list[dict[str, Any]]) -> str:
-    out = ["| layout | mesh d×f×t | compile s | step s | argument MiB | output MiB | temp MiB |"
-           " code MiB | live peak MiB | argument / dp |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    dp = next((r for r in rows if r["layout"] == "dp" and "error" not in r), None)
-    for r in rows:
-        if "error" in r:
-            out.append(f"| {r['layout']} | {r.get('mesh', '')} | not compiled: {r['error']} |"
-                       + " |" * 7)
-            continue
-        step = "n/a" if r["step_s"] is None else f"{r['step_s']:.2f}"
-        out.append(f"| {r['layout']} | {r['mesh']} | {r['compile_s']:.1f} | {step} | "
-                   f"{_mib(r['argument'])} | {_mib(r['output'])} | {_mib(r['temp'])} | "
-                   f"{_mib(r['code'])} | {_mib(r['live_peak'])} | "
-                   f"{_ratio(r['argument'], dp['argument']) if dp else '–'} |")
-    out += ["", "| layout | all-reduce n / MiB | all-gather n / MiB | reduce-scatter n / MiB |"
-            " permute n / MiB | all-to-all n / MiB | analytic AR / AG / RS MiB |"
-            " reductions (AR+RS) measured / analytic | all-gather measured / analytic |"
-            " total measured / analytic |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            continue
-        cells = [f"{r[k + ' n']} / {_mib(r[k + ' bytes'])}" for k in hlo_collectives.KINDS]
-        ar, ag, rs = (r[f"{k} analytic"] for k in ("all-reduce", "all-gather", "reduce-scatter"))
-        red = r["all-reduce bytes"] + r["reduce-scatter bytes"]
-        out.append(f"| {r['layout']} | " + " | ".join(cells) +
-                   f" | {_mib(ar)} / {_mib(ag)} / {_mib(rs)} | {_ratio(red, ar + rs)} | "
-                   f"{_ratio(r['all-gather bytes'], ag)} | "
-                   f"{_ratio(r['total bytes'], ar + ag + rs)} |")
-    out.append("")
-    for r in rows:
-        for note in _notes(r):
-            out.append(f"- {r['layout']}: {note}")
-    return "\n".join(out)
-
-
-def _notes(r: dict[str, Any]) -> list[str]:
-    """What explains a row's deviations from the analytic model, when the numbers show it."""
-    notes = [r["note"]] if r.get("note") else []
-    if "error" in r:
-        return notes
-    if r["unknown_trip_counts"]:
-        notes.append(f"{r['unknown_trip_counts']} while loops of unknown trip count counted once")
-    red = r["all-reduce bytes"] + r["reduce-scatter bytes"]
-    expect = r["all-reduce analytic"] + r["reduce-scatter analytic"]
-    tied = r["tied embedding analytic"]
-    if tied and expect and abs(red - expect - tied) < 0.01 * expect:
-        notes.append(f"the reductions exceed the analytic value by the tied embedding's "
-                     f"gradient ({tied / MIB:,.1f} MiB): its input-lookup and output-head "
-                     f"contributions are all-reduced separately, before XLA adds them "
-                     f"(XLA:CPU has no all-reduce reassociation); without it measured / analytic = "
-                     f"{(red - tied) / expect:.3f}")
-    if r["all-gather analytic"] and r["all-gather bytes"] > 1.5 * r["all-gather analytic"]:
-        notes.append(f"{r['all-gather bytes'] / r['all-gather analytic']:.2f} x the forward's "
-                     "parameter all-gathers: XLA gathers again for the backward pass (and, with "
-                     "gradient accumulation, may do so in every micro-step)")
-    if r["reduce-scatter analytic"] and not r["reduce-scatter n"]:
-        notes.append("sharded gradients are all-reduced whole and then sliced (no reduce-scatter"
-                     " on this backend): counted with the reductions")
-    return notes
-
-
-def write_outputs(rows: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
-    """rows -> DIR/sharding_layouts.csv and DIR/sharding_layouts.png; returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    csv_path = os.path.join(out_dir, "sharding_layouts.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ok = [r for r in rows if "error" not in r]
-    x = np.arange(len(ok))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series = [  # (label, measured, analytic, colour)
-        ("reductions (AR+RS)", lambda r: r["all-reduce bytes"] + r["reduce-scatter bytes"],
-         lambda r: r["all-reduce analytic"] + r["reduce-scatter analytic"], "tab:blue"),
-        ("all-gather", lambda r: r["all-gather bytes"], lambda r: r["all-gather analytic"],
-         "tab:green"),
-        ("permute + all-to-all", lambda r: r["collective-permute bytes"]
-         + r["all-to-all bytes"], lambda r: 0.0, "tab:gray")]
-    width = 0.13
-    for i, (label, measured, analytic, colour) in enumerate(series):
-        ax1.bar(x + (2 * i - 2.5) * width, [measured(r) / MIB for r in ok], width,
-                color=colour, label=f"{label} measured")
-        ax1.bar(x + (2 * i - 1.5) * width, [analytic(r) / MIB for r in ok], width,
-                color=colour, alpha=0.45, hatch="//", label=f"{label} analytic")
-    ax1.set_title("collective bytes per device and step")
-    ax1.set_ylabel("MiB")
-    for ax in (ax1, ax2):
-        ax.set_xticks(x, [f"{r['layout']}\n{r['mesh']}" for r in ok])
-    ax1.legend(fontsize=7, ncol=2)
-    bottom = np.zeros(len(ok))
-    for key in ("argument", "temp", "code"):
-        vals = np.array([r[key] / MIB for r in ok])
-        ax2.bar(x, vals, 0.5, bottom=bottom, label=key)
-        bottom += vals
-    ax2.set_title("memory per device (compiled.memory_analysis)")
-    ax2.set_ylabel("MiB")
-    ax2.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    png_path = os.path.join(out_dir, "sharding_layouts.png")
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return [csv_path, png_path]
 
 
 def run(config, layouts: list[str], meshes: list[str], steps: int, devices: Any = None,
@@ -392,6 +340,7 @@ def run(config, layouts: list[str], meshes: list[str], steps: int, devices: Any 
     return rows
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "gpt2_124m.py"))
@@ -416,7 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                                    f" --xla_force_host_platform_device_count={args.devices}")
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.topology:  # compile for TPU devices described by libtpu; run nothing on them
+        if importlib.util.find_spec("libtpu") is None:
+            raise GptjaxError(LIBTPU_MISSING)
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # compile only, no chip is opened: let parallel compiles share libtpu
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     import jax
 
     devices = None
@@ -433,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     dev = devices or jax.devices()
     title = (f"{os.path.basename(args.config)}: {m.n_layer}L {m.n_head}H {m.n_embd}C vocab "
              f"{m.vocab_size}, B={config.train.batch_size} T={config.data.seq_len or m.block_size}"
-             f" accum={config.train.grad_accum} {m.dtype}; {len(dev)} x {dev[0].device_kind}")
+             f" accum={config.train.grad_accum} {m.dtype}, gather_weights "
+             f"{config.sharding.gather_weights}; {len(dev)} x {dev[0].device_kind}")
     print(f"## Sharding layouts: {title}\n")
-    print(tables(rows))
-    paths = write_outputs(rows, args.out, title)
+    print(layout_report.tables(rows))
+    paths = layout_report.write_outputs(rows, args.out, title)
     print(f"\nwrote {', '.join(paths)}")
     return 0
 

@@ -13,10 +13,11 @@ from typing import Any
 import ml_collections
 
 from gptjax import axes, losses
+from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 
 
@@ -42,8 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
     # sft / reward: the folder holding the data sets, and which of them to use with what weight
     c.data.root = "../shared/data"
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
-    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused)
+    # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused). An entry
+    # may be a path, glob or folder of .jsonl / .jsonl.gz / .parquet files (your own data).
     c.data.mixture = ""
+    # Those files' conversation format: "" = detected per file from its fields, or one of
+    # messages, prompt_completion, alpaca, sharegpt (gptjax/data/formats.py)
+    c.data.format = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
 
     c.reward = ml_collections.ConfigDict()
@@ -54,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.ppo = ppo_config()
     c.eval = eval_config()
+    c.grpo = grpo_config()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -93,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = axes.DEFAULT_RULES  # tuple of (logical name, mesh axes)
+    # Where fsdp-sharded weights are gathered (gptjax/step.py make_train_step): "per_step" =
+    # once per optimizer step, held through the accumulation (one whole parameter copy per device,
+    # plus a whole gradient for the LM loss, which is then reduced once per step);
+    # "per_micro_step" = in every micro-step's forward and backward (least memory).
+    c.sharding.gather_weights = "per_step"
     c.lock()
     return c
 
@@ -195,6 +206,44 @@ def eval_config() -> ml_collections.ConfigDict:
         max_new_tokens=256,
     ))
     return e
+
+
+def grpo_config() -> ml_collections.ConfigDict:
+    """Stage `grpo` (gptjax/loops/grpo.py, the maths in gptjax/rl/grpo.py): GRPO / RLOO from
+    an SFT workdir (`init_from`) on a verifiable task; no critic. train.steps counts iterations
+    (one rollout, then epochs x num_minibatches optimizer steps)."""
+    g = ml_collections.ConfigDict()
+    # addition (shipped), gsm8k (data.root/gsm8k) or a .jsonl of {"prompt", "answer"} records
+    g.task = "addition"
+    g.marker = "####"  # .jsonl tasks: the final answer follows it (addition: "so"; gsm8k: ####)
+    g.train_prompts = 20000  # addition: distinct training problems drawn
+    g.eval_prompts = 200  # held-out prompts answered greedily every train.eval_every
+    g.eval_at_start = True  # ... and by the SFT policy before the first iteration (step 0)
+    g.samples_logged = 16  # held-out answers appended to samples.jsonl per evaluation
+    # Weighted sum of exact_match (final number), format ("<marker> <number>" at the end) and
+    # reward_model (the model of grpo.reward_from), e.g. "exact_match:1,format:0.1"
+    g.rewards = "exact_match:1"
+    g.reward_from = ""
+    g.batch_prompts = 16  # prompts per iteration
+    g.samples_per_prompt = 8  # K answers per prompt (>= 2: the group)
+    g.max_new_tokens = 64
+    g.max_prompt_tokens = 0  # 0 = block_size - max_new_tokens
+    g.temperature = 1.0
+    g.top_k = 0
+    g.top_p = 1.0
+    g.advantage = "group"  # baseline: group mean (GRPO) or rloo (leave-one-out)
+    g.scale = "group"  # divide by the group's reward std, the batch's, or none (Dr. GRPO)
+    g.beta = 0.04  # KL coefficient (DeepSeekMath); 0 = no reference model
+    g.kl_kind = "k3"  # k1 or k3
+    g.kl_in = "loss"  # loss (GRPO) or reward (RLOO / classic RLHF)
+    # token_mean (DAPO, TRL's default), sequence_mean (GRPO's paper), fixed_length (Dr. GRPO)
+    g.aggregation = "token_mean"
+    g.clip_low = 0.2
+    g.clip_high = 0.2  # DAPO's clip-higher: 0.28
+    g.mask_truncated = False  # answers cut at max_new_tokens leave the loss (DAPO)
+    g.epochs = 1  # passes over each rollout (GRPO's mu); 1 with 1 minibatch = on-policy
+    g.num_minibatches = 1
+    return g
 
 
 def prepare_config() -> ml_collections.ConfigDict:
@@ -312,14 +361,20 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     if t.batch_size % t.grad_accum:
         raise GptjaxError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                           f"train.grad_accum={t.grad_accum}")
+    if config.sharding.gather_weights not in ("per_step", "per_micro_step"):
+        raise GptjaxError(f"sharding.gather_weights={config.sharding.gather_weights!r}: use "
+                          "per_step or per_micro_step")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise GptjaxError(f"data.val_fraction={config.data.val_fraction} must be in (0, 1)")
+    formats.check_format(config.data.format)
     if config.stage == "prepare":
         validate_prepare(config.prepare)
     if config.stage == "ppo":
         validate_ppo(config, shape)
     if config.stage == "eval":
         validate_eval(config.eval)
+    if config.stage == "grpo":
+        validate_grpo(config)
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
@@ -341,6 +396,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+
+
 def validate_eval(e: ml_collections.ConfigDict) -> None:
     """The eval section's checks that need no workdir (workdirs are checked by the stage)."""
     tasks = ("perplexity", "reward_accuracy", "win_rate", "gsm8k")
@@ -393,6 +450,36 @@ def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
     if not p.temperature > 0 or not 0.0 < p.top_p <= 1.0:
         raise GptjaxError(f"ppo.temperature={p.temperature} must be > 0 and ppo.top_p="
                           f"{p.top_p} in (0, 1]: PPO samples from the policy itself")
+
+
+def validate_grpo(config: ml_collections.ConfigDict) -> None:
+    """The grpo section's checks that need no workdir."""
+    from gptjax.rl import grpo, verifiers
+    g = config.grpo
+    verifiers.parse_rewards(g.rewards)  # unknown reward names: one line
+    if g.batch_prompts < 1 or g.epochs < 1 or g.samples_per_prompt < 2:
+        raise GptjaxError(f"grpo.samples_per_prompt={g.samples_per_prompt} must be >= 2 (a "
+                          "group to compare with) and grpo.batch_prompts, grpo.epochs >= 1")
+    rows = g.batch_prompts * g.samples_per_prompt
+    if g.num_minibatches < 1 or rows % g.num_minibatches:
+        raise GptjaxError(f"grpo.num_minibatches={g.num_minibatches} must divide the {rows} "
+                          "answers of an iteration (batch_prompts x samples_per_prompt)")
+    room = config.model.block_size - g.max_new_tokens
+    if g.max_new_tokens < 1 or room < 1 or g.max_prompt_tokens > room:
+        raise GptjaxError(
+            f"grpo.max_new_tokens={g.max_new_tokens} + grpo.max_prompt_tokens="
+            f"{g.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
+            "room for a prompt; lower them")
+    for key, allowed in (("advantage", grpo.ADVANTAGES), ("scale", grpo.SCALES),
+                         ("kl_kind", grpo.KL_KINDS), ("kl_in", grpo.KL_IN),
+                         ("aggregation", grpo.AGGREGATIONS)):
+        if g[key] not in allowed:
+            raise GptjaxError(f"grpo.{key}={g[key]!r}: use one of {allowed}")
+    if g.beta < 0 or g.clip_low < 0 or g.clip_high < 0 or g.eval_prompts < 0:
+        raise GptjaxError("grpo.beta, grpo.clip_low, grpo.clip_high and grpo.eval_prompts must "
+                          "be >= 0")
+    if g.train_prompts < 1:
+        raise GptjaxError(f"grpo.train_prompts={g.train_prompts} must be >= 1")
 
 
 def validate_prepare(p: ml_collections.ConfigDict) -> None:

@@ -21,3 +21,8 @@ class CorruptCheckpoint(GptjaxError):
 
 class CheckpointWriteError(GptjaxError):
     """A checkpoint could not be written (no space, permissions, I/O); earlier ones are intact."""
+
+
+class TokenizerCoverageError(GptjaxError):
+    """Text holds a character the (char) tokenizer has no id for; data readers skip and count
+    such records instead of stopping."""

@@ -22,6 +22,7 @@ STAGE_MODULES = {
     "reward": "gptjax.loops.reward",
     "ppo": "gptjax.loops.ppo",
     "eval": "gptjax.loops.eval",
+    "grpo": "gptjax.loops.grpo",
 }
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "
@@ -53,6 +54,7 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
         # Both before any JAX backend starts: XLA's host device count (per process) and the
         # distributed runtime, which the backends need to see every process's devices.
         rows = (config.ppo.batch_prompts if config.stage == "ppo"  # what the data axis splits
+                else config.grpo.batch_prompts if config.stage == "grpo"
                 else config.train.batch_size // max(config.train.grad_accum, 1))
         runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
         distributed.initialize(dist)

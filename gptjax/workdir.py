@@ -35,7 +35,7 @@ class TrainedModel:
     step: int
 
 
-LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo")  # workdirs whose `params` are a GPT
+LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo", "grpo", "dpo")  # workdirs whose `params` are a GPT
 # Model options that change how a model runs, not its parameters (a run may change them).
 RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
 

@@ -105,3 +105,22 @@ def random_hf_gpt2(**shape):
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.2)
     return model
+
+
+def write_rows(path, rows):
+    """Records as a .jsonl, .jsonl.gz or .parquet file (by its name); returns the path."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = str(path)
+    if path.endswith(".parquet"):  # columns: every key of any row (from_pylist reads the first)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
+        pq.write_table(table, path, row_group_size=7)  # several row groups
+        return path
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+    return path

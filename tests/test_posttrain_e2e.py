@@ -119,7 +119,7 @@ def test_reward_model_learns_a_known_preference_rule(sft_workdir, tmp_path):
                 timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.load(open(os.path.join(wd, "reward_eval.json")))
-    _, held_out = sft_data.split(preferences.read_jsonl(data), 0.2)
+    _, held_out = sft_data.split(preferences.read_file(data), 0.2)
     assert report["records"] == len(held_out) == 120
     assert report["pairs"] == sum(len(rec.pairs) for rec in held_out)  # K = 3 prompts: 2 pairs
     assert report["accuracy"] >= 0.95, report

@@ -297,3 +297,59 @@ def test_sentencepiece_beats_char_tokens_per_character():
         char_rate = sum(len(char.encode(t)) for t in texts) / n_chars
         assert char_rate == 1.0
         assert sp_rate < 0.9 * char_rate, sp_rate
+
+
+# --- Parquet corpora ----------------------------------------------------------------------------
+
+def _parquet_and_jsonl(d, n=60):
+    """The first n shipped C4 documents as a Parquet file (4 row groups) and as JSONL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    with gzip.open(lm.embedded_path("c4_demo.jsonl.gz"), "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f][:n]
+    d.mkdir()
+    pq.write_table(pa.table({"id": list(range(n)), "text": texts}), str(d / "c4.parquet"),
+                   row_group_size=16)
+    (d / "c4.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(d / "c4.parquet"), str(d / "c4.jsonl")
+
+
+def test_parquet_corpus_prepares_byte_identical_to_the_same_rows_as_jsonl(tmp_path):
+    parquet, jsonl = _parquet_and_jsonl(tmp_path / "in")
+    outs = {}
+    for name, path in (("parquet", parquet), ("jsonl", jsonl)):
+        c = base_config()
+        c.stage = "prepare"
+        c.prepare.inputs, c.prepare.num_shards = (path,), 2
+        c.prepare.tokenizer.vocab_size = 600
+        outs[name] = prepare.run(c, str(tmp_path / name))
+    a, b = (os.path.join(outs[k].out_dir, "tokens") for k in ("parquet", "jsonl"))
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b)) and len(os.listdir(a)) == 5
+    for name in os.listdir(a):  # 4 token shards and their meta.json
+        with open(os.path.join(a, name), "rb") as x, open(os.path.join(b, name), "rb") as y:
+            assert x.read() == y.read(), name
+    with open(os.path.join(outs["parquet"].out_dir, "tokenizer.json"), "rb") as x, \
+            open(os.path.join(outs["jsonl"].out_dir, "tokenizer.json"), "rb") as y:
+        assert x.read() == y.read()
+    assert outs["parquet"].report["output"] == outs["jsonl"].report["output"]
+    assert outs["parquet"].report["output"]["documents"] > 40
+    # so pretraining reads the same token arrays and tokenizer from either
+    data = base_config().data
+    splits = {}
+    for k, r in outs.items():
+        data.prepared_dir = os.path.dirname(r.out_dir)
+        splits[k] = lm.corpus_for(data, str(tmp_path / f"pre_{k}"))
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(getattr(splits["parquet"], split)[:],
+                                      getattr(splits["jsonl"], split)[:])
+
+
+def test_cli_bad_parquet_exits_2_with_one_line(tmp_path):
+    parquet, _ = _parquet_and_jsonl(tmp_path / "in", n=4)
+    raw = open(parquet, "rb").read()
+    open(parquet, "wb").write(raw[: len(raw) // 2])  # a download cut short
+    r = run_cli("gptjax.prepare", "--config", "configs/prepare_english.py", "--workdir",
+                str(tmp_path / "w"), f"--config.prepare.inputs=('{parquet}',)")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert f"{parquet} is not a readable Parquet file" in r.stderr and "export it again" in r.stderr

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_rows
 
 from gptjax import losses
 from gptjax.data import preferences
@@ -112,7 +112,7 @@ def _write_jsonl(path, records):
 def test_bad_preference_records(tmp_path, record, message):
     path = _write_jsonl(tmp_path / "p.jsonl", [record])
     with pytest.raises(GptjaxError, match=message) as e:
-        preferences.read_jsonl(path)
+        preferences.read_file(path)
     assert "line 1" in str(e.value)
 
 
@@ -121,5 +121,72 @@ def test_jsonl_ranks_and_pairs(tmp_path):
         {"prompt": [{"role": "user", "content": "q"}], "answers": ["a", "b", "c"],
          "ranks": [1, 0, 1]},
         {"prompt": "q2", "chosen": "x", "rejected": "y"}])
-    a, b = preferences.read_jsonl(path)
+    a, b = preferences.read_file(path)
     assert sorted(a.pairs) == [(1, 0), (1, 2)] and b.pairs == [(0, 1)]
+
+
+# --- your own files: .jsonl / .jsonl.gz / .parquet, TRL's conversational pairs ------------------
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".parquet"])
+def test_conversational_pairs_read_like_the_builtin_hh_rlhf(tmp_path, suffix):
+    """hh-rlhf written as TRL's conversational pairs (chosen / rejected message lists sharing
+    the prompt turns), and as explicit prompt + one-turn answers, give the built-in records."""
+    builtin = preferences.read_hh_rlhf(str(SHARED_DATA))[:30]
+    implicit = [{"chosen": [*r.prompt, {"role": "assistant", "content": r.answers[0]}],
+                 "rejected": [*r.prompt, {"role": "assistant", "content": r.answers[1]}]}
+                for r in builtin]
+    explicit = [{"prompt": r.prompt, "chosen": [{"role": "assistant", "content": r.answers[0]}],
+                 "rejected": [{"role": "assistant", "content": r.answers[1]}]} for r in builtin]
+    tok = CharTokenizer.train("".join(t["content"] for r in builtin for t in r.prompt)
+                              + "".join(a for r in builtin for a in r.answers))
+    want = [preferences.encode(r, tok, 512, 2) for r in builtin]
+    for name, rows in (("implicit", implicit), ("explicit", explicit)):
+        got = preferences.read_source(write_rows(tmp_path / f"{name}{suffix}", rows), "")
+        assert got == builtin, name
+        for g, w in zip((preferences.encode(r, tok, 512, 2) for r in got), want, strict=True):
+            assert all((g[k] == w[k]).all() for k in w)
+
+
+def test_parquet_ranks_equal_jsonl_and_mix_by_weight(tmp_path):
+    rows = [{"prompt": f"question {i}?", "answers": ["a good one.", "a bad one.", "meh."],
+             "ranks": [0, 2, 1]} for i in range(20)]
+    a = write_rows(tmp_path / "r.jsonl", rows)
+    b = write_rows(tmp_path / "r.parquet", rows)
+    assert preferences.read_file(a) == preferences.read_file(b)
+    tok = CharTokenizer.train("".join(json.dumps(r) for r in rows))
+    data = preferences.load("", f"{a}:2,{b}", tok, 32, 0.2)
+    assert data.weights == [2.0, 1.0] and data.k_max == 3
+    assert data.stats[a] == data.stats[b] == {"records": 20, "train": 16, "val": 4,
+                                              "not_encodable": 0}
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"question": "q", "chosen": "a", "rejected": "b"}], r"row 1: missing field 'prompt'"),
+    ([{"prompt": "q", "answers": ["a", "b"], "ranks": ["0", "1"]}],  # a column of strings
+     r"row 1: 'answers' must be a list and 'ranks' a list of numbers; fix that record"),
+    ([{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+       "rejected": [{"role": "user", "content": "other q"},
+                    {"role": "assistant", "content": "b"}]}], r"row 1: 'chosen' and 'rejected' "
+                                                              r"must share their prompt turns"),
+])
+def test_bad_parquet_preference_rows(tmp_path, rows, match):
+    path = write_rows(tmp_path / "p.parquet", rows)
+    with pytest.raises(GptjaxError, match=match) as e:
+        preferences.read_source(path, "")
+    assert "\n" not in str(e.value) and path in str(e.value)
+
+
+def test_jsonl_line_that_is_not_json(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q2",\n')
+    with pytest.raises(GptjaxError, match=r"p.jsonl line 2 is not JSON .*fix or delete that line"):
+        preferences.read_source(str(path), "")
+
+
+def test_shipped_preference_examples():
+    from gptjax.data.lm import embedded_path
+    recs = preferences.read_source(embedded_path("examples/preferences.jsonl"), "")
+    assert [len(r.answers) for r in recs] == [2, 2, 3]
+    assert recs[2].pairs == [(0, 1), (0, 2), (1, 2)]
+    recs = preferences.read_source(embedded_path("examples/preferences_conversational.jsonl"), "")
+    assert [len(r.prompt) for r in recs] == [1, 1, 2] and recs[0].answers == ["4.", "22."]

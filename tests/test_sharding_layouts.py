@@ -10,6 +10,7 @@ from conftest import ROOT, load_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import hlo_collectives  # noqa: E402
+import layout_report  # noqa: E402
 import sharding_layouts  # noqa: E402
 
 # A module with every case the counter must get right: a tuple all-reduce (f32[8] + bf16[4,4]:
@@ -17,7 +18,10 @@ import sharding_layouts  # noqa: E402
 # of known trip count 3 around an all-reduce of f32[16] (3 x 64 bytes), a reduce-scatter wrapped
 # in async-start/done (sized by its f32[64] operand: 256 bytes), a plain and an async
 # collective-permute of f32[8] (32 bytes each), an all-to-all of two s32[2,2] (32 bytes) inside
-# a called computation, and an add reducer that must not count as anything.
+# a called computation, and an add reducer that must not count as anything. XLA:TPU's forms:
+# a collective-permute of f32[16] in a windowed-einsum reduce-scatter loop of 2 iterations (a
+# reduce-scatter, 2 x 64 bytes), and an all-gather split over two async collective fusions (its
+# start and a continuation clone: one all-gather of 256 bytes).
 HLO = """\
 HloModule m, is_scheduled=true
 
@@ -47,6 +51,31 @@ HloModule m, is_scheduled=true
   ROOT %rs = f32[8]{0} reduce-scatter(%a), replica_groups=[1,8]<=[8], to_apply=%add
 }
 
+%windowed_dot_general_body_rs.3 (wp: (s32[], f32[16])) -> (s32[], f32[16]) {
+  %wp = (s32[], f32[16]{0}) parameter(0)
+  %wi = s32[] get-tuple-element(%wp), index=0
+  %wg = f32[16]{0} get-tuple-element(%wp), index=1
+  %wcp = f32[16]{0} collective-permute(%wg), channel_id=9, source_target_pairs={{0,1},{1,0}}
+  ROOT %wt = (s32[], f32[16]{0}) tuple(%wi, %wcp)
+}
+
+%wcond (wq: (s32[], f32[16])) -> pred[] {
+  %wq = (s32[], f32[16]{0}) parameter(0)
+  %wj = s32[] get-tuple-element(%wq), index=0
+  %wn = s32[] constant(2)
+  ROOT %wlt = pred[] compare(%wj, %wn), direction=LT
+}
+
+%acf_start (s: f32[8]) -> f32[64] {
+  %s = f32[8]{0} parameter(0)
+  ROOT %agf = f32[64]{0} all-gather(%s), channel_id=12, dimensions={0}, ACF-1
+}
+
+%acf_cont (s2: f32[8]) -> f32[64] {
+  %s2 = f32[8]{0} parameter(0)
+  ROOT %agc = f32[64]{0} all-gather(%s2), channel_id=12, dimensions={0}, ACF2
+}
+
 %called (u: s32[2,2], v: s32[2,2]) -> (s32[2,2], s32[2,2]) {
   %u = s32[2,2]{1,0} parameter(0)
   %v = s32[2,2]{1,0} parameter(1)
@@ -71,19 +100,26 @@ ENTRY %main (a: f32[8], b: bf16[4,4], c: f32[16], d: f32[64], e: s32[2,2]) -> f3
   %cps = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%a), pairs={{0,1}}
   %cpd = f32[8]{0} collective-permute-done(%cps)
   %call = (s32[2,2]{1,0}, s32[2,2]{1,0}) call(%e, %e), to_apply=%called
+  %w2 = (s32[], f32[16]{0}) while(%init), condition=%wcond, body=%windowed_dot_general_body_rs.3
+  %f1 = f32[64]{0} fusion(%a), kind=kLoop, calls=%acf_start
+  %f2 = f32[64]{0} fusion(%a), kind=kLoop, calls=%acf_cont
   ROOT %out = f32[8]{0} add(%cp, %cpd)
 }
-""".replace("TRIP", 'backend_config={"known_trip_count":{"n":"3"}}')  # one line, as XLA prints
+""".replace("TRIP", 'backend_config={"known_trip_count":{"n":"3"}}').replace(  # as XLA prints
+    "ACF-1", 'backend_config={"async_collective_fusion_config":{"flag_start":"-1","flag_end":"-1"}}'
+).replace("ACF2", 'backend_config={"async_collective_fusion_config":{"flag_start":"2","flag_end":'
+          '"15"}}')
 
 
 def test_hlo_counter_on_a_hand_written_module():
-    got = {k: (c.count, c.bytes) for k, c in hlo_collectives.count_collectives(HLO).items()}
+    got = {k: (c.count, c.bytes, c.permutes)
+           for k, c in hlo_collectives.count_collectives(HLO).items()}
     assert got == {
-        "all-reduce": (1 + 3, 32 + 32 + 3 * 64),
-        "all-gather": (1, 256),
-        "reduce-scatter": (1, 256),
-        "collective-permute": (2, 64),
-        "all-to-all": (1, 32),
+        "all-reduce": (1 + 3, 32 + 32 + 3 * 64, 0),
+        "all-gather": (1 + 1, 256 + 256, 0),
+        "reduce-scatter": (1 + 2, 256 + 2 * 64, 2),
+        "collective-permute": (2, 64, 0),
+        "all-to-all": (1, 32, 0),
     }
     assert hlo_collectives.unknown_trip_counts(HLO) == 0
     # Without XLA's known_trip_count the loop condition's `i < 3` gives the count ...
@@ -93,7 +129,7 @@ def test_hlo_counter_on_a_hand_written_module():
     # ... and a loop of unknown count is counted once, and reported.
     unknown = no_trip.replace("direction=LT", "direction=NE")
     assert hlo_collectives.count_collectives(unknown)["all-reduce"].count == 2
-    assert hlo_collectives.unknown_trip_counts(unknown) == 1
+    assert hlo_collectives.unknown_trip_counts(unknown) == 2  # and the windowed loop
     assert hlo_collectives.shape_bytes("(f32[2,3]{1,0}, bf16[4], pred[], token[])") == 24 + 8 + 1
 
 
@@ -106,7 +142,7 @@ def rows(tmp_path_factory):
                                                          steps))
             for name, steps in (("dp", 0), ("fsdp", 1))]
     out = tmp_path_factory.mktemp("layouts")
-    paths = sharding_layouts.write_outputs(rows, str(out), "tiny")
+    paths = layout_report.write_outputs(rows, str(out), "tiny")
     return {r["layout"]: r for r in rows}, paths
 
 
@@ -143,5 +179,5 @@ def test_outputs_written(rows):
     text = open(csv_path).read()
     assert text.startswith("layout,") and "fsdp" in text
     assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    table = sharding_layouts.tables(list(rows[0].values()))
+    table = layout_report.tables(list(rows[0].values()))
     assert "| dp | 8x1x1 |" in table and "| fsdp | 1x8x1 |" in table

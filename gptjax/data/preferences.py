@@ -7,25 +7,28 @@ answer is rendered once as prompt + assistant turn (gptjax.data.chat.render) and
 all K answers of a prompt, so the model scores every answer once, not once per pair.
 
 Readers: hh-rlhf harmless-base (pairs), FineGrainedRLHF qa-feedback (4 answers, 6 human
-comparisons each) and a generic JSONL ({"prompt", "answers", "ranks"} or {"prompt", "chosen",
-"rejected"}; the prompt is a string or a list of turns).
+comparisons each) and the user's own .jsonl / .jsonl.gz / .parquet files, one record a line or
+row: {"prompt", "answers", "ranks"}, {"prompt", "chosen", "rejected"} (the prompt a string or a
+list of turns; an answer a string or a list holding one assistant turn), or TRL's
+conversational pairs {"chosen": [turns], "rejected": [turns]}, whose shared leading turns are
+the prompt and whose last turn each is an assistant answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
-import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
+from gptjax.data import formats, sources
 from gptjax.data.chat import Conversation, parse_human_assistant, render
-from gptjax.data.sft import split
+from gptjax.data.sources import split
 from gptjax.data.tokenizer import Tokenizer
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, TokenizerCoverageError
 
 
 @dataclasses.dataclass
@@ -51,9 +54,9 @@ def from_ranks(prompt: Conversation, answers: list[str], ranks: Sequence[float],
 
 def read_hh_rlhf(root: str) -> list[Preference]:
     """hh-rlhf harmless-base: chosen/rejected transcripts sharing all but the last reply."""
-    path = os.path.join(root, "hh-rlhf-harmless-base-test", "test.jsonl.gz")
+    path, = sources.dataset_files(root, "hh-rlhf")
     out = []
-    for i, r in enumerate(_jsonl(path)):
+    for _, r in sources.iter_rows(path):
         chosen, rejected = (parse_human_assistant(r[k]) for k in ("chosen", "rejected"))
         if (chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant"
                 or chosen[:-1] != rejected[:-1]
@@ -68,8 +71,8 @@ def read_finegrained(root: str) -> list[Preference]:
     """FineGrainedRLHF qa-feedback (dev): 4 answers per question, 6 pairwise human judgements
     (1vs2, 1vs3, 1vs4, 2vs3, 2vs4, 3vs4: 1 = first better, 2 = second, 0 = no preference).
     The comparisons are used directly, so non-transitive judgements need no ranking."""
-    path = os.path.join(root, "finegrained-rlhf-qa-feedback", "dev_feedback.json")
-    with open(_need(path), encoding="utf-8") as f:
+    path, = sources.dataset_files(root, "finegrained-rlhf")
+    with open(path, encoding="utf-8") as f:
         data = json.load(f)
     order = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     out = []
@@ -86,26 +89,64 @@ def read_finegrained(root: str) -> list[Preference]:
     return out
 
 
-def read_jsonl(path: str) -> list[Preference]:
-    """Generic preference records, one JSON object per line (see the module docstring)."""
-    out = []
-    for i, r in enumerate(_jsonl(path), 1):
-        where = f"{path} line {i}"
+def _answer(value: Any, what: str) -> str:
+    """An answer: a string, or a list holding one assistant turn (TRL's conversational form)."""
+    if isinstance(value, str):
+        return value
+    t = formats.turns(value, what)
+    if len(t) != 1 or t[0]["role"] != "assistant":
+        raise formats.RowProblem("wrong_type", f"{what} must be a string or one assistant turn")
+    return t[0]["content"]
+
+
+def implicit_pair(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
+    """TRL's conversational pair without a prompt: (shared leading turns, chosen answer,
+    rejected answer)."""
+    c, r = formats.turns(chosen, "'chosen'"), formats.turns(rejected, "'rejected'")
+    n = 0
+    while n < min(len(c), len(r)) - 1 and c[n] == r[n]:
+        n += 1
+    if len(c) != n + 1 or len(r) != n + 1 or not n:
+        raise formats.RowProblem(
+            "wrong_type", "'chosen' and 'rejected' must share their prompt turns and differ "
+            "only in the last (assistant) turn")
+    return c[:n], _answer(c[n:], "'chosen'"), _answer(r[n:], "'rejected'")
+
+
+def from_record(r: dict[str, Any], where: str) -> Preference:
+    """One preference record of a user's file (the formats of the module docstring)."""
+    r = {k: v for k, v in r.items() if v is not None}  # Parquet: a column this row lacks
+    try:
         if "prompt" not in r:
+            if isinstance(r.get("chosen"), list) and isinstance(r.get("rejected"), list):
+                prompt, chosen, rejected = implicit_pair(r["chosen"], r["rejected"])
+                return from_ranks(prompt, [chosen, rejected], [0, 1], where)
             raise GptjaxError(f"{where}: missing field 'prompt'")
         prompt = r["prompt"]
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
+        prompt = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                  else formats.turns(prompt, "'prompt'"))
         if "answers" in r:
             if "ranks" not in r:
                 raise GptjaxError(f"{where}: 'answers' needs 'ranks' (lower = better)")
-            out.append(from_ranks(prompt, r["answers"], r["ranks"], where))
-        elif "chosen" in r and "rejected" in r:
-            out.append(from_ranks(prompt, [r["chosen"], r["rejected"]], [0, 1], where))
-        else:
-            raise GptjaxError(f"{where}: needs 'answers' + 'ranks' or 'chosen' + 'rejected' "
-                              f"(has {sorted(r)})")
-    return out
+            answers, ranks = r["answers"], r["ranks"]
+            if (not isinstance(answers, list) or not isinstance(ranks, list) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in ranks)):
+                raise formats.RowProblem("wrong_type", "'answers' must be a list and 'ranks' a "
+                                         "list of numbers")
+            return from_ranks(prompt, [_answer(a, f"answer {i}") for i, a in enumerate(answers)],
+                              ranks, where)
+        if "chosen" in r and "rejected" in r:
+            return from_ranks(prompt, [_answer(r["chosen"], "'chosen'"),
+                                       _answer(r["rejected"], "'rejected'")], [0, 1], where)
+    except formats.RowProblem as e:
+        raise GptjaxError(f"{where}: {e}; fix that record") from None
+    raise GptjaxError(f"{where}: needs 'answers' + 'ranks' or 'chosen' + 'rejected' "
+                      f"(has {sorted(r)})")
+
+
+def read_file(path: str) -> list[Preference]:
+    """Preference records of a .jsonl / .jsonl.gz / .parquet file (see the module docstring)."""
+    return [from_record(r, where) for where, r in sources.iter_rows(path)]
 
 
 READERS: dict[str, Callable[[str], list[Preference]]] = {
@@ -114,46 +155,25 @@ READERS: dict[str, Callable[[str], list[Preference]]] = {
 
 
 def read_source(name: str, root: str) -> list[Preference]:
-    """The records of `name` (a data set under `root`, or a .jsonl file); a damaged or
-    unexpected file is one GptjaxError naming it."""
+    """The records of a mixture entry: a named data set, or every file a path / glob names."""
+    if sources.is_file_entry(name):
+        return [rec for path in sources.expand_files(name) for rec in read_file(path)]
+    if name not in READERS:
+        raise GptjaxError(f"data.mixture names unknown preference data {name!r}; known: "
+                          f"{sorted(READERS)} or a path to a .jsonl or .parquet file")
     try:
-        if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
-            return read_jsonl(name)
-        if name not in READERS:
-            raise GptjaxError(f"data.mixture names unknown preference data {name!r}; known: "
-                              f"{sorted(READERS)} or a path to a .jsonl file")
         return READERS[name](root)
     except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
         # (json errors, UnicodeDecodeError: ValueErrors; Key/Type/AttributeError: records of
         # another shape, e.g. a JSON line that is a list)
         raise GptjaxError(f"preference data {name} (data.root={root}) cannot be read "
-                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); replace its "
+                          "files with the original ones") from None
 
 
-def _need(path: str) -> str:
-    if not os.path.isfile(path):
-        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
-        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data), or name a "
-                          ".jsonl file in data.mixture")
-    return path
-
-
-def _jsonl(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(_need(path), "rt", encoding="utf-8") as f:
-        i = 0
-        try:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as e:
-                        raise GptjaxError(f"{path} line {i} is not JSON ({e})") from None
-        except (UnicodeDecodeError, EOFError, OSError) as e:  # (gzip: a damaged stream)
-            what = "is not UTF-8" if isinstance(e, UnicodeDecodeError) else "cannot be read"
-            raise GptjaxError(f"data file {path} {what} (line {i + 1}: {e}); convert or "
-                              "replace it") from None
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    return sources.parse_mixture(spec, READERS, "preference data",
+                                 "'hh-rlhf' or 'finegrained-rlhf' or a .jsonl file")
 
 
 def answer_ids(prompt: Conversation, answer: str, tok: Tokenizer, seq_len: int) -> np.ndarray:
@@ -185,9 +205,7 @@ def encode_all(records: list[Preference], tok: Tokenizer, seq_len: int, k_max: i
     for r in records:
         try:
             out.append((r, encode(r, tok, seq_len, k_max)))
-        except GptjaxError as e:
-            if "not in this char tokenizer's vocabulary" not in str(e):
-                raise
+        except TokenizerCoverageError:
             skipped += 1
     return out, skipped
 
@@ -195,6 +213,7 @@ def encode_all(records: list[Preference], tok: Tokenizer, seq_len: int, k_max: i
 @dataclasses.dataclass
 class RewardData:
     train: list[list[dict[str, np.ndarray]]]  # per source, encoded records
+    weights: list[float]  # per source, its data.mixture weight
     val: list[dict[str, np.ndarray]]
     train_prompts: list[Conversation]  # for reward normalisation
     k_max: int
@@ -203,13 +222,10 @@ class RewardData:
 
 def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float,
          max_examples: int = 0) -> RewardData:
-    names = [n.strip() for n in mixture.split(",") if n.strip()]
-    if not names:
-        raise GptjaxError("data.mixture is empty; name preference data, e.g. 'hh-rlhf' or "
-                          "'finegrained-rlhf' or a .jsonl file")
-    raw = {name: read_source(name, root) for name in names}
-    k_max = max(len(r.answers) for recs in raw.values() for r in recs)
-    data = RewardData([], [], [], k_max, {})
+    weights = dict(parse_mixture(mixture))
+    raw = {name: read_source(name, root) for name in weights}
+    k_max = max((len(r.answers) for recs in raw.values() for r in recs), default=2)
+    data = RewardData([], [], [], [], k_max, {})
     for name, recs in raw.items():
         if max_examples:
             recs = recs[:max_examples]
@@ -224,22 +240,23 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
                 f"held-out records ({skipped} not encodable by the tokenizer); it "
                 "needs at least one of each")
         data.train.append([e for _, e in enc_tr])
+        data.weights.append(weights[name])
         data.val.extend(e for _, e in enc_va)
         data.train_prompts.extend(r.prompt for r, _ in enc_tr)
     return data
 
 
-def train_iterator(sources: Sequence[list[dict[str, np.ndarray]]], global_batch: int, seed: int,
-                   process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+def train_iterator(parts: Sequence[list[dict[str, np.ndarray]]], global_batch: int, seed: int,
+                   process_index: int = 0, process_count: int = 1,
+                   weights: Sequence[float] | None = None) -> grain.DatasetIterator:
     """Checkpointable iterator of this process's batches of `global_batch / processes` prompts,
     each with all of its answers: tokens (P, K, T), lengths / valid (P, K), pref (P, K, K)."""
     if global_batch % process_count:
         raise GptjaxError(f"train.batch_size={global_batch} must divide among "
                           f"{process_count} processes")
     rows = global_batch // process_count
-    parts = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat()
-             for i, s in enumerate(sources)]
-    mixed = grain.MapDataset.mix(parts) if len(parts) > 1 else parts[0]
+    ds = [grain.MapDataset.source(s).shuffle(seed=seed + i).repeat() for i, s in enumerate(parts)]
+    mixed = grain.MapDataset.mix(ds, weights=weights) if len(ds) > 1 else ds[0]
     return iter(mixed[process_index::process_count].batch(rows).to_iter_dataset())
 
 

@@ -1,10 +1,12 @@
-"""Raw documents from plain text, JSON and JSONL files (each optionally gzip-compressed).
+"""Raw documents from plain text, JSON, JSONL (each optionally gzip-compressed) and Parquet files.
 
 Formats, by file name (a trailing `.gz` is decompressed on the fly):
-  *.jsonl  one JSON object per line (streamed: the file never sits in memory);
-  *.json   a JSON array of objects, or one object (parsed whole: use JSONL for big files);
-  other    plain text, split into documents by `text_unit`: "file" (the whole file),
-           "paragraph" (blank-line separated, streamed) or "line" (one document a line).
+  *.jsonl    one JSON object per line (streamed: the file never sits in memory);
+  *.json     a JSON array of objects, or one object (parsed whole: use JSONL for big files);
+  *.parquet  a table with a text column (FineWeb, C4 and Wikipedia dumps of the HF hub), read
+             with pyarrow one record batch of one row group at a time (streamed);
+  other      plain text, split into documents by `text_unit`: "file" (the whole file),
+             "paragraph" (blank-line separated, streamed) or "line" (one document a line).
 
 Bytes that are not valid UTF-8 never stop a run: each invalid byte becomes U+FFFD and is counted
 (`Document.invalid_bytes`); the cleaning step then drops or strips them and the report says how
@@ -25,7 +27,7 @@ from typing import Iterable, Iterator
 from gptjax.errors import GptjaxError
 
 TEXT_UNITS = ("file", "paragraph", "line")
-_SUFFIXES = (".txt", ".json", ".jsonl", ".md")  # what a directory input contributes
+_SUFFIXES = (".txt", ".json", ".jsonl", ".md", ".parquet")  # what a directory input contributes
 
 
 @dataclasses.dataclass
@@ -119,9 +121,10 @@ def read_documents(files: list[str], text_field: str = "text", url_field: str = 
                    ) -> Iterator[Document]:
     """Every document of every file, in order.
 
-    text_field: the JSON key holding the text; "a|b" tries a, then b. A list of strings (e.g. a
-    poem's paragraphs) is joined with newlines. url_field: the JSON key of the record's URL
-    ("" = none). A JSON file in which no record has the text field is an error.
+    text_field: the JSON key (Parquet column) holding the text; "a|b" tries a, then b. A list
+    of strings (e.g. a poem's paragraphs) is joined with newlines. url_field: the key of the
+    record's URL ("" = none). A JSON file in which no record has the text field, and a Parquet
+    file without such a column or whose column holds no text, are errors.
     """
     if text_unit not in TEXT_UNITS:
         raise GptjaxError(f"prepare.text_unit={text_unit!r}: use one of {TEXT_UNITS}")
@@ -135,6 +138,8 @@ def read_documents(files: list[str], text_field: str = "text", url_field: str = 
         stem = _stem(path).lower()
         if stem.endswith(".jsonl"):
             yield from _jsonl(path, names, url_field, stats)
+        elif stem.endswith(".parquet"):
+            yield from _parquet(path, names, url_field, stats)
         elif stem.endswith(".json"):
             yield from _json(path, names, url_field, stats)
         else:
@@ -233,3 +238,53 @@ def _plain(path, text_unit, stats):
                 buf, bad_in_buf = [], 0
         if buf:
             yield Document("".join(buf).rstrip("\r\n"), path, None, bad_in_buf)
+
+
+def _text_column(path: str, schema, names: list[str]) -> tuple[str, bool]:
+    """(the first of `names` that is a column, whether it holds lists of strings)."""
+    import pyarrow as pa
+    name = next((n for n in names if n in schema.names), None)
+    if name is None:
+        raise GptjaxError(
+            f"{path} has no column {'|'.join(names)!r} (its columns: {schema.names[:12]}); set "
+            "--config.prepare.text_field to the column that holds the text")
+    kind = schema.field(name).type
+    if any(f(kind) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                             pa.types.is_large_binary)):
+        return name, False
+    if ((pa.types.is_list(kind) or pa.types.is_large_list(kind))
+            and (pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type))):
+        return name, True
+    raise GptjaxError(f"{path} column {name!r} holds {kind}, not text; set "
+                      "--config.prepare.text_field to a string column")
+
+
+def _parquet(path, names, url_field, stats):
+    """Documents of a Parquet file's text column: a record batch at a time; a null is counted
+    as a missing field. Values are read as bytes and decoded here, so invalid UTF-8 is counted
+    as it is for the other formats."""
+    import pyarrow as pa
+    from gptjax.data.sources import parquet_batches, parquet_file
+    pf = parquet_file(path)
+    schema = pf.schema_arrow
+    name, is_list = _text_column(path, schema, names)
+    url = url_field if url_field and url_field in schema.names else None
+    columns = [name] + ([url] if url and url != name else [])
+    for _, batch in parquet_batches(pf, path, columns):
+        col = batch.column(name)
+        if pa.types.is_string(col.type):  # a zero-copy view of the UTF-8 bytes
+            col = col.cast(pa.binary())
+        elif pa.types.is_large_string(col.type):
+            col = col.cast(pa.large_binary())
+        urls = batch.column(url).to_pylist() if url else None
+        for i, value in enumerate(col.to_pylist()):
+            if value is None or (is_list and None in value):  # as JSON's null: no text
+                stats.missing_field += 1
+                continue
+            if is_list:
+                text, bad = "\n".join(value), 0
+            else:
+                text, bad = decode_counting(value)
+            stats.invalid_bytes += bad
+            u = urls[i] if urls else None
+            yield Document(text, path, u if isinstance(u, str) else None, bad)

@@ -1,13 +1,17 @@
-"""SFT data: the shipped dialogue sets -> conversations -> rendered, packed (B, T+1) batches.
+"""SFT data: dialogue sets and the user's own files -> conversations -> rendered, packed
+(B, T+1) batches.
 
-Readers turn each data set of `../shared/data` into conversations (lists of role/content
-turns). A mixture string such as "topical-chat:1,gsm8k:0.5" names the sources and their
-sampling weights. Every conversation is rendered by `gptjax.data.chat.render` and cut to the
-longest prefix of whole turns that fits the window and ends with an assistant turn. The grain
-pipeline mixes the sources by weight (`MapDataset.mix`), shuffles per epoch, gives each process
-every process_count-th conversation, and packs conversations first-fit into rows of T+1 tokens
-(`grain.experimental.FirstFitPackIterDataset`) with segment ids and positions that restart per
-conversation, so attention never crosses from one conversation into another.
+Readers turn each named data set under `data.root` into conversations (lists of role/content
+turns); a `data.mixture` entry that is a path, glob or folder of .jsonl / .jsonl.gz / .parquet
+files is read in the format its fields say (gptjax.data.formats: messages, prompt/completion,
+Alpaca, ShareGPT; forced by `data.format`), rejected rows counted per kind. A mixture string
+such as "topical-chat:1,gsm8k:0.5,my/*.jsonl:2" names the sources and their sampling weights
+(gptjax.data.sources). Every conversation is rendered by `gptjax.data.chat.render` and cut to
+the longest prefix of whole turns that fits the window and ends with an assistant turn. The
+grain pipeline mixes the sources by weight (`MapDataset.mix`), shuffles per epoch, gives each
+process every process_count-th conversation, and packs conversations first-fit into rows of
+T+1 tokens (`grain.experimental.FirstFitPackIterDataset`) with segment ids and positions that
+restart per conversation, so attention never crosses from one conversation into another.
 """
 
 from __future__ import annotations
@@ -15,26 +19,18 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import random
 from collections.abc import Callable, Sequence
 
 import grain
 import numpy as np
 
+from gptjax.data import addition, formats, sources
 from gptjax.data.chat import Conversation, parse_human_assistant, render
+from gptjax.data.sources import split
 from gptjax.data.tokenizer import Tokenizer
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, TokenizerCoverageError
 
 Example = tuple[np.ndarray, np.ndarray]  # (ids (L,), loss mask (L,))
-
-
-def _need(path: str) -> str:
-    if not os.path.isfile(path):
-        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
-        raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data)")
-    return path
 
 
 def read_source(name: str, root: str) -> list[Conversation]:
@@ -50,7 +46,7 @@ def read_source(name: str, root: str) -> list[Conversation]:
 
 def read_hh_rlhf_chosen(root: str) -> list[Conversation]:
     """hh-rlhf harmless-base: the human-preferred ('chosen') transcript of each pair."""
-    path = _need(os.path.join(root, "hh-rlhf-harmless-base-test", "test.jsonl.gz"))
+    path, = sources.dataset_files(root, "hh-rlhf")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [parse_human_assistant(json.loads(line)["chosen"]) for line in f if line.strip()]
 
@@ -64,8 +60,8 @@ def _alternating(messages: Sequence[str]) -> Conversation:
 def read_topical_chat(root: str) -> list[Conversation]:
     """Topical-Chat (knowledge-grounded chit-chat between two crowd workers)."""
     out = []
-    for name in ("valid_freq", "valid_rare", "test_freq", "test_rare"):
-        with open(_need(os.path.join(root, "topical-chat", f"{name}.json")), encoding="utf-8") as f:
+    for path in sources.dataset_files(root, "topical-chat"):
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
         for key in sorted(data):
             out.append(_alternating([t["message"] for t in data[key]["content"]]))
@@ -75,19 +71,18 @@ def read_topical_chat(root: str) -> list[Conversation]:
 def read_kdconv(root: str) -> list[Conversation]:
     """KdConv (Chinese knowledge-driven dialogues: film, music, travel)."""
     out = []
-    for domain in ("film", "music", "travel"):
-        for split in ("dev", "test"):
-            path = _need(os.path.join(root, "kdconv", domain, f"{split}.json"))
-            with open(path, encoding="utf-8") as f:
-                for conv in json.load(f):
-                    out.append(_alternating([m["message"] for m in conv["messages"]]))
+    for path in sources.dataset_files(root, "kdconv"):
+        with open(path, encoding="utf-8") as f:
+            for conv in json.load(f):
+                out.append(_alternating([m["message"] for m in conv["messages"]]))
     return out
 
 
 def read_gsm8k(root: str) -> list[Conversation]:
     """GSM8K train split: the question as the user turn, the worked answer as the reply."""
     out = []
-    with open(_need(os.path.join(root, "gsm8k", "train.jsonl")), encoding="utf-8") as f:
+    path, = sources.dataset_files(root, "gsm8k")
+    with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
@@ -99,7 +94,7 @@ def read_gsm8k(root: str) -> list[Conversation]:
 def read_self_instruct(root: str) -> list[Conversation]:
     """Self-Instruct's 175 human-written seed tasks: instruction (+ input) -> output."""
     out = []
-    path = _need(os.path.join(root, "self-instruct", "seed_tasks.jsonl"))
+    path, = sources.dataset_files(root, "self-instruct")
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -115,28 +110,24 @@ def read_self_instruct(root: str) -> list[Conversation]:
 READERS: dict[str, Callable[[str], list[Conversation]]] = {
     "hh-rlhf": read_hh_rlhf_chosen, "topical-chat": read_topical_chat, "kdconv": read_kdconv,
     "gsm8k": read_gsm8k, "self-instruct": read_self_instruct,
+    "addition": lambda root: addition.sft_conversations(),  # shipped: gptjax/data/addition.py
 }
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
-    """"a:1,b:0.5" -> [('a', 1.0), ('b', 0.5)]; a name without weight has weight 1."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, w = part.partition(":")
-        if name not in READERS:
-            raise GptjaxError(f"data.mixture names unknown data set {name!r}; known: "
-                              f"{sorted(READERS)}")
-        try:
-            weight = float(w) if w else 1.0
-        except ValueError:
-            raise GptjaxError(f"data.mixture weight {w!r} of {name} is not a number") from None
-        if weight <= 0:
-            raise GptjaxError(f"data.mixture weight of {name} must be > 0 (got {weight})")
-        out.append((name, weight))
-    if not out:
-        raise GptjaxError("data.mixture is empty; name at least one data set, e.g. "
-                          "'topical-chat:1,gsm8k:0.5'")
-    return out
+    """"a:1,b:0.5" -> [('a', 1.0), ('b', 0.5)]; a name without weight has weight 1; an entry
+    may be a path, glob or folder of conversation files."""
+    return sources.parse_mixture(spec, READERS)
+
+
+def read_files(entry: str, fmt: str = "") -> tuple[list[Conversation], list[formats.FileReport]]:
+    """The conversations of every file a mixture entry names, and one report per file."""
+    convs, reports = [], []
+    for path in sources.expand_files(entry):
+        c, rep = formats.read_conversations(path, fmt)
+        convs.extend(c)
+        reports.append(rep)
+    return convs, reports
 
 
 @dataclasses.dataclass
@@ -145,6 +136,10 @@ class Stats:
     unencodable: int = 0  # a character the (char) tokenizer cannot encode
     too_long: int = 0  # not even the first assistant turn fits the window
     cut: int = 0  # later turns dropped to fit the window
+    # file sources: rows that are no conversation, by kind (formats.PROBLEMS), and where each
+    # kind first happened ("PATH line N why")
+    rejected: dict[str, int] = dataclasses.field(default_factory=dict)
+    first_rejected: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def kept(self) -> int:
         return self.conversations - self.unencodable - self.too_long
@@ -179,9 +174,7 @@ def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
     for conv in conversations:
         try:
             ex, kept = _fit(conv, tok, max_len)
-        except GptjaxError as e:
-            if "not in this char tokenizer's vocabulary" not in str(e):
-                raise
+        except TokenizerCoverageError:
             stats.unencodable += 1
             continue
         if ex is None:
@@ -191,17 +184,6 @@ def tokenize(conversations: Sequence[Conversation], tok: Tokenizer, max_len: int
             stats.cut += 1
         out.append((conv, ex))
     return out, stats
-
-
-def split(conversations: list, val_fraction: float) -> tuple[list, list]:
-    """A fixed train/validation split (seed 0, whatever the run's seed): the held-out part is
-    the same for every run, so validation losses compare across runs."""
-    order = list(range(len(conversations)))
-    random.Random(0).shuffle(order)
-    n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return [conversations[i] for i in train], [conversations[i] for i in val]
 
 
 def _as_record(ex: Example) -> dict[str, np.ndarray]:
@@ -254,13 +236,20 @@ def val_batches(examples: list[Example], seq_len: int, global_batch: int, num_ba
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
-def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float
-         ) -> tuple[list[list[Example]], list[float], list[Example], dict[str, Stats]]:
-    """(per-source train examples, weights, pooled validation examples, per-source stats)."""
+def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float,
+         fmt: str = "") -> tuple[list[list[Example]], list[float], list[Example], dict[str, Stats]]:
+    """(per-source train examples, weights, pooled validation examples, per-source stats).
+    fmt: the format of the mixture's files ("" = detected per file)."""
     train, weights, val, stats = [], [], [], {}
     for name, weight in parse_mixture(mixture):
+        reports = []
+        if sources.is_file_entry(name):
+            conversations, reports = read_files(name, fmt)
+        else:
+            conversations = read_source(name, root)
         # Split the usable conversations, so the held-out part never ends up all unusable.
-        usable, stats[name] = tokenize(read_source(name, root), tok, seq_len + 1)
+        usable, stats[name] = tokenize(conversations, tok, seq_len + 1)
+        stats[name].rejected, stats[name].first_rejected = formats.merge_reports(reports)
         tr, va = split(usable, val_fraction)
         if tr:  # a source with nothing usable is reported in the stats and left out
             train.append([ex for _, ex in tr])

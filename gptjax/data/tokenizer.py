@@ -20,7 +20,7 @@ import os
 import re
 from typing import Iterable, Iterator, Protocol
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, TokenizerCoverageError
 
 EOS = "<|endoftext|>"  # between documents in pretraining streams; also the padding id
 SYSTEM = "<|system|>"
@@ -90,7 +90,7 @@ class CharTokenizer:
             try:
                 ids.extend(self.stoi[ch] for ch in part)
             except KeyError as e:
-                raise GptjaxError(
+                raise TokenizerCoverageError(
                     f"character {e.args[0]!r} is not in this char tokenizer's vocabulary "
                     f"({len(self.chars)} characters from its training text)") from None
         return ids

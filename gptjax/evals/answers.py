@@ -17,7 +17,8 @@ import numpy as np
 
 from gptjax import sampling
 from gptjax import workdir as workdir_lib
-from gptjax.data.chat import Conversation, has_chat_tokens, render_prompt
+from gptjax.data import prompts as prompt_lib
+from gptjax.data.chat import Conversation, has_chat_tokens
 from gptjax.data.tokenizer import END_OF_TURN, special_id
 from gptjax.errors import GptjaxError
 from gptjax.evals.judge import clean_conversation
@@ -78,11 +79,7 @@ def fit_prompt(conversation: Conversation, model: Model, width: int) -> list[int
     """The prompt ids of the longest suffix of whole turns that fits `width` tokens (characters
     a char tokenizer lacks are dropped); None when even the last turn is too long."""
     conversation, _ = clean_conversation(model.trained.tokenizer, conversation)
-    for i in range(len(conversation)):
-        ids = render_prompt(conversation[i:], model.trained.tokenizer)
-        if len(ids) <= width:
-            return ids
-    return None
+    return prompt_lib.fit_prompt(conversation, model.trained.tokenizer, width)
 
 
 def answer(model: Model, prompts: Sequence[list[int]], s: Sampling,

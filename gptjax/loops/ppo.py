@@ -41,8 +41,8 @@ import numpy as np
 from gptjax import config as config_lib
 from gptjax import reward_model, sampling
 from gptjax import workdir as workdir_lib
-from gptjax.data import lm as lm_data, preferences, sft as sft_data
-from gptjax.data.chat import Conversation, render_prompt
+from gptjax.data import lm as lm_data
+from gptjax.data.prompts import batch_indices, load_prompts
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
 from gptjax.errors import GptjaxError
 from gptjax.loops import finetune, ptx, trainer
@@ -71,63 +71,6 @@ def kl_controller(config: ml_collections.ConfigDict) -> ppo.KLController:
 def prompt_width(config: ml_collections.ConfigDict) -> int:
     p = config.ppo
     return int(p.max_prompt_tokens) or int(config.model.block_size) - int(p.max_new_tokens)
-
-
-def fit_prompt(conversation: Conversation, tok: Tokenizer, width: int) -> list[int] | None:
-    """The prompt ids of the longest suffix of whole turns that fits `width` tokens (the most
-    recent turns matter most to the answer); None when even the last turn is too long."""
-    for i in range(len(conversation)):
-        ids = render_prompt(conversation[i:], tok)
-        if len(ids) <= width:
-            return ids
-    return None
-
-
-def load_prompts(config: ml_collections.ConfigDict, tok: Tokenizer, width: int,
-                 heldout: bool = False) -> tuple[list[list[int]], dict[str, dict[str, int]]]:
-    """(distinct prompt ids, per-source counts) of config.data.mixture's training split (or its
-    held-out split)."""
-    names = [n.strip() for n in config.data.mixture.split(",") if n.strip()]
-    if not names:
-        raise GptjaxError("data.mixture is empty; name the preference data whose prompts PPO "
-                          "answers, e.g. 'hh-rlhf' or a .jsonl file")
-    prompts, seen, stats = [], set(), {}
-    for name in names:
-        records, held = sft_data.split(preferences.read_source(name, config.data.root),
-                                       config.data.val_fraction)
-        records = held if heldout else records
-        st = stats[name] = {"records": len(records), "kept": 0, "too_long": 0,
-                            "not_encodable": 0, "duplicates": 0}
-        for rec in records:
-            try:
-                ids = fit_prompt(rec.prompt, tok, width)
-            except GptjaxError as e:
-                if "not in this char tokenizer's vocabulary" not in str(e):
-                    raise
-                st["not_encodable"] += 1
-                continue
-            if ids is None:
-                st["too_long"] += 1
-            elif tuple(ids) in seen:
-                st["duplicates"] += 1
-            else:
-                seen.add(tuple(ids))
-                prompts.append(ids)
-                st["kept"] += 1
-    if not prompts and not heldout:
-        raise GptjaxError(
-            f"no prompt of data.mixture={config.data.mixture!r} can be used ({stats}): raise "
-            "ppo.max_prompt_tokens (or the model's block size) or use data the tokenizer covers")
-    return prompts, stats
-
-
-def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
-    """Indices of iteration `step`'s prompts: positions step*batch .. of an endless stream that
-    goes through all n prompts in a fresh shuffle per pass (seeded by (seed, pass))."""
-    pos = np.arange(step * batch, (step + 1) * batch)
-    passes, within = np.divmod(pos, n)
-    perms = {p: np.random.default_rng([seed, int(p)]).permutation(n) for p in set(passes)}
-    return np.array([perms[p][i] for p, i in zip(passes, within)])
 
 
 def load_reward(config: ml_collections.ConfigDict, tok: Tokenizer, policy_cfg: GPTConfig

@@ -14,6 +14,7 @@ import numpy as np
 from gptjax import config as config_lib
 from gptjax import losses
 from gptjax import workdir as workdir_lib
+from gptjax import step as step_lib
 from gptjax.data import lm as lm_data
 from gptjax.errors import GptjaxError
 from gptjax.loops import supervised, trainer
@@ -28,7 +29,7 @@ def lm_loss_fn(model: GPT, dropout: bool):
         logits = model.apply({"params": params}, tokens[:, :-1],
                              deterministic=rngs is None, rngs=rngs)
         return losses.lm_loss(logits, tokens[:, 1:]), {}
-    return loss_fn
+    return step_lib.mean_over_rows(loss_fn)  # every row has T tokens: an equal-weight mean
 
 
 @dataclasses.dataclass

@@ -68,7 +68,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         return {"trunk": s.params, "head": jax.device_get(head)}
 
     pidx, pcount = jax.process_index(), jax.process_count()
-    train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount)
+    train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
+                                          data.weights)
     val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     answers = tcfg.batch_size * data.k_max
     result = trainer.fit(config, workdir, supervised.loss_stage(

@@ -42,7 +42,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     s = finetune.start(config, workdir)
     tcfg, seq_len = config.train, config_lib.seq_len(config)
     train, weights, val, stats = sft_data.load(
-        config.data.root, config.data.mixture, s.tokenizer, seq_len, config.data.val_fraction)
+        config.data.root, config.data.mixture, s.tokenizer, seq_len, config.data.val_fraction,
+        config.data.format)
     workdir_lib.write_json(workdir, "data_stats.json",
                            {k: {**dataclasses.asdict(v), "kept": v.kept()}
                             for k, v in stats.items()})
@@ -51,6 +52,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
             print(f"sft data {name}: {st.kept()} of {st.conversations} conversations "
                   f"({st.cut} cut to fit {seq_len + 1} tokens, {st.too_long} too long, "
                   f"{st.unencodable} not encodable)", flush=True)
+            for kind, n in st.rejected.items():  # rows of the user's files that were skipped
+                print(f"sft data {name}: {n} rows rejected as {kind}, the first at "
+                      f"{st.first_rejected[kind]}", flush=True)
     model = GPT(s.cfg)
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = sft_data.train_iterator(train, weights, seq_len, tcfg.batch_size, config.seed,

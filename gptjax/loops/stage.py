@@ -23,10 +23,12 @@ from gptjax import sharding
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where a stage's arrays live: the mesh and the logical-name rules (made by the trainer)."""
+    """Where a stage's arrays live: the mesh, the logical-name rules and (once the trainer has
+    laid the state out) the state's shardings."""
 
     mesh: Mesh
     rules: sharding.Rules
+    shardings: Any = None  # the state's NamedShardings (a pytree like the state)
 
 
 @dataclasses.dataclass

@@ -33,8 +33,10 @@ def loss_stage(config: ml_collections.ConfigDict, name: str,
     tx = make_optimizer(config.optim)
 
     def make_step(layout: trainer.Layout):
-        return step_lib.make_train_step(loss_fn, tx, lr_schedule(config.optim), config.seed,
-                                        tcfg.grad_accum, layout.mesh, layout.rules)
+        return step_lib.make_train_step(
+            loss_fn, tx, lr_schedule(config.optim), config.seed, tcfg.grad_accum, layout.mesh,
+            layout.rules, gather_weights=config.sharding.gather_weights,
+            param_shardings=layout.shardings.params)
 
     return trainer.Stage(
         name=name, init=lambda rng: step_lib.train_state(init_params(rng), tx),

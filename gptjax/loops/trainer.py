@@ -94,6 +94,7 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
             f"{dict(mesh.shape)}" + (f" and {pcount} processes" if pcount > 1 else "")
             + f". Make {stage.rows_key} a multiple of {need}.")
     abstract, shardings = abstract_layout(stage.init, layout)
+    layout = dataclasses.replace(layout, shardings=shardings)
     make_state = jax.jit(lambda r: nn.unbox(stage.init(r)), out_shardings=shardings)
     batch_sharding = sharding.batch_sharding(mesh, layout.rules)
     frozen_shardings = None
