@@ -51,24 +51,32 @@ def gold_judge(args, gold_wd: str, pretrain: str):
 
 
 def hh_split(data_root: str) -> tuple[list, list]:
-    from gptjax.data import preferences, sft as sft_data
-    return sft_data.split(preferences.read_hh_rlhf(data_root), 0.1)
+    """(training, held-out) hh-rlhf prompts, split as PPO splits them (gptjax.data.prompts)."""
+    from gptjax.data import prompts, sources
+    found, _ = prompts.read_prompts("hh-rlhf", data_root)
+    return sources.split(found, rr.load_config("ppo").data.val_fraction)
 
 
 def unseen_heldout(args, sft: str) -> list[dict]:
     """The held-out hh-rlhf prompts PPO's eval did not answer: PPO keeps the first
-    --eval_prompts distinct held-out prompts that fit (gptjax.loops.ppo.load_prompts)."""
+    --eval_prompts distinct held-out prompts that fit (gptjax.data.prompts.load_prompts)."""
     from gptjax import workdir as workdir_lib
-    from gptjax.loops.ppo import fit_prompt
+    from gptjax.data.prompts import fit_prompt
+    from gptjax.errors import TokenizerCoverageError
     tok = workdir_lib.read_tokenizer(sft)
     _, held = hh_split(args.data_root)
-    ids = [fit_prompt(r.prompt, tok, PROMPT_TOKENS) for r in held]
-    used: list[tuple] = []
-    for x in ids:
-        if x is not None and tuple(x) not in used and len(used) < args.eval_prompts:
-            used.append(tuple(x))
-    return [{"prompt": r.prompt} for r, x in zip(held, ids)
-            if x is None or tuple(x) not in set(used)]
+    used: set[tuple] = set()
+    rest = []
+    for p in held:
+        try:
+            x = fit_prompt(p, tok, PROMPT_TOKENS)
+        except TokenizerCoverageError:
+            x = None
+        if x is not None and len(used) < args.eval_prompts and tuple(x) not in used:
+            used.add(tuple(x))
+        elif x is None or tuple(x) not in used:
+            rest.append({"prompt": p})
+    return rest[:args.winrate_prompts] if args.winrate_prompts else rest
 
 
 def make_rankings(args, sft: str, judge, path: str) -> dict:
@@ -76,11 +84,11 @@ def make_rankings(args, sft: str, judge, path: str) -> dict:
     from gptjax.evals import answers as ans, rankings
     train, _ = hh_split(args.data_root)
     seen, prompts = set(), []
-    for r in train:
-        key = json.dumps(r.prompt, sort_keys=True)
+    for p in train:
+        key = json.dumps(p, sort_keys=True)
         if key not in seen:
             seen.add(key)
-            prompts.append(r.prompt)
+            prompts.append(p)
     prompts = prompts[:args.rank_prompts]
     model = ans.load_model(sft, "--chain sft")
     s = ans.Sampling(NEW_TOKENS, 1.0, 0, 1.0, K, args.seed, 64)
@@ -169,6 +177,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/over")
     ap.add_argument("--data_root", default=rr.DATA)
     ap.add_argument("--gold_steps", type=int, default=300)
+    ap.add_argument("--gold_from", default="",
+                    help="a reward workdir trained on human preferences to use as the gold's "
+                         "reward model instead of training one (e.g. the chain's reward_hh-rlhf)")
     ap.add_argument("--proxy_steps", type=int, default=200)
     ap.add_argument("--rank_prompts", type=int, default=1024)
     ap.add_argument("--max_base_perplexity", type=float, default=2000.0)
@@ -180,6 +191,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=2, help="answers per prompt in win rates")
+    ap.add_argument("--winrate_prompts", type=int, default=0,
+                    help="the first n unseen held-out prompts for the win rates (0 = all)")
     ap.add_argument("--until", default="", help="stop after: gold, rankings, proxy, ppo, curve")
     args = ap.parse_args()
     args.chain, args.out = os.path.abspath(args.chain), os.path.abspath(args.out)
@@ -189,8 +202,8 @@ def main() -> None:
         rr.train_chain(chain, args.data_root)
     os.makedirs(out, exist_ok=True)
     seconds = {}
-    gold_wd = os.path.join(out, "gold")
-    seconds["gold"] = rr.train(
+    gold_wd = args.gold_from or os.path.join(out, "gold")
+    seconds["gold"] = 0.0 if args.gold_from else rr.train(
         gold_wd, args.gold_steps, "--config", "configs/reward_preferences.py",
         f"--config.init_from={sft}", f"--config.data.root={args.data_root}",
         "--config.data.mixture=hh-rlhf,finegrained-rlhf", "--config.data.val_fraction=0.05",

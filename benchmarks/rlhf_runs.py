@@ -21,6 +21,8 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
 MODEL_ROLES = {"user", "assistant", "system"}
+# this checkout's gptjax, not whichever one the environment has installed
+sys.path.insert(0, ROOT)
 
 
 def log(msg: str) -> None:

@@ -1,5 +1,6 @@
 """The gold judge's override rules and the K-answer ranking records, on hand-made answers."""
 
+import json
 import math
 
 import flax.linen as nn
@@ -7,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config
+from test_eval_stage import wd  # noqa: F401 (the eval stage's planted workdirs, a fixture)
 
 from gptjax.data import preferences
 from gptjax.data.tokenizer import CharTokenizer
@@ -77,7 +80,7 @@ def test_records_drop_duplicates_and_ties_and_read_back_as_pairs(tmp_path):
                         "scores": [1.0, 3.0, 1.0]}]
     path = str(tmp_path / "ranked.jsonl")
     rankings.write_jsonl(path, records)
-    (pref,) = preferences.read_jsonl(path)
+    (pref,) = preferences.read_file(path)
     # "a" (rank 0) beats "b" and "c"; the tie b = c gives no pair
     assert pref.answers == ["b", "a", "c"] and sorted(pref.pairs) == [(1, 0), (1, 2)]
 
@@ -94,3 +97,55 @@ def test_answer_perplexities_of_a_uniform_model_and_an_empty_answer():
     ppl = gold.answer_perplexities(m, ["abc", "", "a b c d e f g h a b c"])
     assert ppl[0] == pytest.approx(tok.vocab_size, rel=1e-5) and math.isnan(ppl[1])
     assert ppl[2] == pytest.approx(tok.vocab_size, rel=1e-5)  # cut at block_size + 1 tokens
+
+
+def test_k_way_ranking_gives_all_c_k_2_pairs_in_the_reward_batch(tmp_path):
+    # K = 4 distinct gold scores: InstructGPT's C(4, 2) = 6 pairs, each (better, worse)
+    texts = [["wd", "wa", "wc", "wb"]]
+    scores = np.array([[-1.0, 2.0, 0.5, 1.0]])
+    records, _ = rankings.to_records([PROMPT], texts, scores)
+    path = str(tmp_path / "ranked.jsonl")
+    rankings.write_jsonl(path, records)
+    (pref,) = preferences.read_file(path)
+    assert len(pref.pairs) == 6
+    assert all(scores[0][w] > scores[0][l] for w, l in pref.pairs)
+    tok = CharTokenizer.train("".join(chr(i) for i in range(32, 127)) + "\n")
+    batch = preferences.encode(pref, tok, seq_len=64, k_max=5)
+    # the reward stage's loss reads pref[w, l] = 1 for each pair: six ones, none on padding
+    expected = np.zeros((5, 5), np.float32)
+    for w, l in [(1, 0), (1, 2), (1, 3), (2, 0), (3, 0), (3, 2)]:
+        expected[w, l] = 1.0
+    np.testing.assert_array_equal(batch["pref"], expected)
+    assert batch["valid"].tolist() == [True] * 4 + [False]
+
+
+class CountsOnes:
+    """A judge fooled like issue 12's reward models: the more digit '1's, the better."""
+
+    name = "counts ones"
+
+    def score(self, prompts, answers):
+        return np.array([a.count("1") for a in answers], np.float32)
+
+
+def test_gold_in_the_eval_stage_overrules_digit_answers(wd, tmp_path):
+    """The eval stage's planted models: A answers "1", B answers "b". CountsOnes alone would
+    prefer A in every comparison; the gold around it fails A's all-digit answers, so B (the
+    model with the planted feature of a passing answer) wins every one."""
+    from gptjax import config as config_lib
+    from gptjax.loops import eval as eval_loop
+    config = load_config("eval_winrate")
+    config_lib.overrides_from_dict(config, {
+        "eval.a": wd["b"], "eval.b": wd["a"], "eval.reward_accuracy.enabled": False,
+        "eval.win_rate.prompts": str(wd["root"] / "prompts.jsonl"), "eval.batch_size": 8,
+        "eval.win_rate.max_new_tokens": 4, "eval.win_rate.samples_per_prompt": 1})
+    judge = gold.GoldJudge("gold", CountsOnes(), floor=-3.0)
+    w = eval_loop.run(config, str(tmp_path / "gold"), judge=judge).report["win_rate"]
+    assert (w["judge"], w["comparisons"], w["wins"], w["win_rate"]) == ("gold", 11, 11, 1.0)
+    assert w["ci_low"] == 1.0
+    # every answer of A ("1") was overruled, none of B's ("b")
+    assert judge.failed["any"] == 11 and judge.scored == 22
+    rows = [json.loads(x) for x in (tmp_path / "gold" / "answers.jsonl").read_text().splitlines()]
+    assert {(r["a"], r["b"], r["score_a"], r["score_b"]) for r in rows} == {("b", "1", 0.0, -3.0)}
+    # the reward model alone would have put every "1" (score 1) above every "b" (score 0)
+    assert CountsOnes().score(None, ["1", "b"]).tolist() == [1.0, 0.0]

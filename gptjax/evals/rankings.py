@@ -86,7 +86,7 @@ def to_records(prompts: Sequence[Conversation], texts: Sequence[Sequence[str]],
 
 
 def write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
-    """One record a line (UTF-8), as `gptjax.data.preferences.read_jsonl` reads them."""
+    """One record a line (UTF-8), as `gptjax.data.preferences.read_file` reads them."""
     with open(path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
