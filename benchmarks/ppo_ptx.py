@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--eval_every", type=int, default=10)
     ap.add_argument("--ptx_coef", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--batch_prompts", type=int, default=8)
+    ap.add_argument("--max_prompt_tokens", type=int, default=64)
+    ap.add_argument("--max_new_tokens", type=int, default=32)
     args = ap.parse_args()
     root = os.path.abspath(args.root)
     sft, reward = os.path.join(root, "sft"), os.path.join(root, "reward_hh-rlhf")
@@ -60,7 +63,10 @@ def main() -> None:
             sys.executable, "-m", "gptjax.train", "--config", "configs/ppo.py",
             f"--config.init_from={sft}", f"--config.ppo.reward_from={reward}",
             f"--config.data.root={args.data_root}", "--config.data.mixture=hh-rlhf",
-            f"--config.ppo.ptx_coef={coef}", "--config.ppo.max_new_tokens=48",
+            f"--config.ppo.ptx_coef={coef}", f"--config.ppo.max_new_tokens={args.max_new_tokens}",
+            f"--config.ppo.max_prompt_tokens={args.max_prompt_tokens}",
+            f"--config.ppo.batch_prompts={args.batch_prompts}", "--config.ppo.num_minibatches=2",
+            "--config.data.seq_len=96",
             f"--config.train.steps={args.iterations}",
             f"--config.train.eval_every={args.eval_every}", "--config.train.eval_batches=4",
             f"--config.train.checkpoint_every={args.iterations}",
@@ -69,23 +75,23 @@ def main() -> None:
         m = metrics(out)
         evals = [x for x in m if "val_ptx_loss" in x]
         rows.append((coef, m, evals, seconds))
-    # The SFT model's own held-out pretraining loss: the policy before its first update is the
-    # SFT model, so the first eval of a run started at step 0 would be it; eval runs after
-    # `eval_every` iterations, so read it from a 0-iteration-equivalent: the ptx-0 run's first
-    # eval is after eval_every updates. Report both ends of each run instead.
-    print(f"\nPPO from {sft} against {reward}: {args.iterations} iterations, "
-          f"eval every {args.eval_every}\n")
-    print("| ptx_coef | score, iters 1-10 | score, last 10 | KL, last 10 | val_ptx_loss first "
-          "eval | val_ptx_loss last eval | ptx_loss last 10 | truncated, last 10 | wall s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # The first evaluation is at step 0, before any update: the SFT model's own numbers.
+    print(f"\nPPO from {sft} against {reward}: {args.iterations} iterations of "
+          f"{args.batch_prompts} x 4 answers of <= {args.max_new_tokens} tokens to prompts of <= "
+          f"{args.max_prompt_tokens} tokens, eval every {args.eval_every}\n")
+    print("| ptx_coef | score, iters 1-10 | score, last 10 | rm_score, last 10 | KL, last 10 | "
+          "val_ptx_loss (SFT, step 0) | val_ptx_loss last eval | ptx_loss last 10 | "
+          "truncated, last 10 | wall s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for coef, m, evals, seconds in rows:
         def mean(key, part):
             vals = [x[key] for x in part if key in x]
             return sum(vals) / len(vals) if vals else float("nan")
-        print(f"| {coef:g} | {mean('score', m[:10]):.3f} | {mean('score', m[-10:]):.3f} | "
-              f"{mean('kl', m[-10:]):.2f} | {evals[0]['val_ptx_loss']:.4f} (it {evals[0]['step']})"
+        train = [x for x in m if x["step"] > 0]
+        print(f"| {coef:g} | {mean('score', train[:10]):.3f} | {mean('score', train[-10:]):.3f} | "
+              f"{mean('rm_score', train[-10:]):.3f} | {mean('kl', train[-10:]):.2f} | {evals[0]['val_ptx_loss']:.4f} (it {evals[0]['step']})"
               f" | {evals[-1]['val_ptx_loss']:.4f} (it {evals[-1]['step']}) | "
-              f"{mean('ptx_loss', m[-10:]):.4f} | {mean('truncated', m[-10:]):.2f} | "
+              f"{mean('ptx_loss', train[-10:]):.4f} | {mean('truncated', train[-10:]):.2f} | "
               f"{seconds:.0f} |")
 
 

@@ -32,9 +32,9 @@ from gptjax import eval as eval_cli, step as step_lib, train as train_cli
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokenizer import END_OF_TURN, CharTokenizer
 from gptjax.evals import perplexity
-from gptjax.loops import trainer
 from gptjax.model import GPT, GPTConfig, RewardModel
 from gptjax.optim import make_optimizer
+from gptjax import workdir as workdir_lib
 from gptjax.workdir import load
 
 TEXT = "abcdefghijklmnopqrstuvwxyz0123456789 .?#"
@@ -53,7 +53,7 @@ def write_workdir(path, stage: str, tok, cfg: GPTConfig, params) -> str:
     for k, v in dataclasses.asdict(cfg).items():
         config.model[k] = v
     os.makedirs(path)
-    trainer.write_run_files(config, str(path), tok)
+    workdir_lib.write_run_files(config, str(path), tok)
     params = jax.tree.map(jnp.asarray, params)
     state = step_lib.TrainState(step=jnp.asarray(1, jnp.int32), params=params,
                                 opt_state=make_optimizer(config.optim).init(params))
