@@ -8,7 +8,8 @@ appended, and of the digit string alone; and the SFT model's mean -log pi per to
 answers' own tokens and of the appended digit tokens (what the KL penalty charges per token
 is log pi/pi_SFT, which a policy pays less for where pi_SFT is already high).
 
-    python benchmarks/digit_probe.py --sft runs/chain/sft runs/heldout/reward_A runs/heldout/reward_B
+    python benchmarks/digit_probe.py --sft runs/chain/sft runs/heldout/reward_A \
+        runs/chain/reward_hh-rlhf
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ Issue 12, section 2. From a chain built by `benchmarks/reward_accuracy.py` (--ch
    ppo.normalize_scores) and without one (ppo.init_kl_coef=0, ppo.target_kl=0); every
    --eval_every iterations each run answers the first --eval_prompts held-out prompts
    (samples.jsonl), every checkpoint kept;
-5. the curve: at every eval point, the mean gold and proxy score (each minus its mean over
-   SFT answers: 0 = the SFT model) of the sampled answers, against sqrt(KL to SFT), the mean
-   per-answer sum_t log pi/pi_SFT of the next training rollout (the policy the eval used);
-   out/overoptimization.csv and .png;
+5. the curve: at every eval point, the mean gold and proxy score of the sampled answers, each
+   minus its mean over the step-0 eval answers (the SFT model's own: 0 = the SFT model),
+   against sqrt(KL to SFT), the mean per-answer sum_t log pi/pi_SFT of the next training
+   rollout (the policy the eval used); out/overoptimization.csv and .png;
 6. the win rate over SFT under the gold at the KL run's best eval point (and the no-KL run's
    last) on the held-out prompts not used to pick it, by the eval stage
    (`gptjax.loops.eval.run(config, workdir, judge=gold)`), with the degeneration measures.
@@ -140,6 +140,12 @@ def curve(run: str, wd: str, gold, proxy) -> list[dict]:
                      "truncated": float(np.mean([x["truncated"] for x in samples])),
                      "mean_chars": float(np.mean([len(a) for a in answers])),
                      "train_rm_score": metrics[step]["rm_score"] if step in metrics else 0.0})
+    # relative to the SFT model: the step-0 eval answers are its own, on the same prompts (the
+    # judges' offsets were measured on other prompts with other sampling settings)
+    for r in rows:
+        r["gold_abs"], r["proxy_abs"] = r["gold"], r["proxy"]
+        r["gold"] -= rows[0]["gold_abs"]
+        r["proxy"] -= rows[0]["proxy_abs"]
     return rows
 
 

@@ -441,6 +441,10 @@ def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
             or p.score_clip < 0):
         raise GptjaxError("ppo.ptx_coef, ppo.ptx_batch, ppo.offset_prompts, ppo.eval_prompts "
                           "and ppo.score_clip must be >= 0")
+    if (p.normalize_scores or p.score_clip) and not p.offset_prompts:
+        raise GptjaxError("ppo.normalize_scores and ppo.score_clip are in units of the SFT "
+                          "answers' score std, measured on ppo.offset_prompts prompts: set "
+                          "ppo.offset_prompts > 0 (e.g. 64)")
     if p.truncated not in TRUNCATED:
         raise GptjaxError(f"ppo.truncated={p.truncated!r}: use one of {TRUNCATED}")
     if p.kl_kind not in losses.KL_KINDS:

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import load_config
 
+from gptjax import config as config_lib
+from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig, ValueModel
 from gptjax.rl import iteration, ppo, rollout
 
@@ -66,3 +69,13 @@ def test_critic_starts_at_the_reward_model_minus_the_offset():
     scaled = iteration.critic_on_score_scale(reward, jnp.asarray(0.8), jnp.asarray(2.0))
     np.testing.assert_allclose(ValueModel(CFG).apply({"params": scaled}, tokens),
                                (raw - 0.8) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("normalize_scores", True), ("score_clip", 2.0)])
+def test_score_units_need_the_measured_sft_std(key, value):
+    config = load_config("ppo")
+    config.ppo[key] = value
+    config_lib.validate_ppo(config)  # offset_prompts > 0 as shipped: fine
+    config.ppo.offset_prompts = 0
+    with pytest.raises(GptjaxError, match="ppo.offset_prompts > 0"):
+        config_lib.validate_ppo(config)
