@@ -1,6 +1,7 @@
 """GRPO on the shipped addition task, end to end through the CLI: the held-out exact-match curve.
 
     python benchmarks/grpo_addition.py [--out runs/grpo_addition] [--grpo_steps 300] [--minutes 15]
+        [--pretrain_steps 600] [--sft_steps 300]
         [--skip_to grpo] [--extra --config.grpo.advantage=rloo ...]
 
 1. `python -m gptjax.data.addition --text` writes the 400 worked training examples as text;
@@ -58,6 +59,9 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "grpo_addition"))
     ap.add_argument("--grpo_steps", type=int, default=300)
     ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--pretrain_steps", type=int, default=600)
+    ap.add_argument("--sft_steps", type=int, default=300,
+                    help="fewer SFT steps leave a weaker start, with more for GRPO to gain")
     ap.add_argument("--skip_to", choices=("pretrain", "grpo"), default="pretrain")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="more --config flags for the grpo stage")
@@ -72,9 +76,14 @@ def main() -> int:
             log=os.path.join(out, "text.log"))
         for name, wd, cmd in (
                 ("pretrain", pre, ("--config", "configs/addition_pretrain.py",
-                                   f"--config.data.text_path={text}")),
+                                   f"--config.data.text_path={text}",
+                                   f"--config.train.steps={args.pretrain_steps}",
+                                   f"--config.optim.decay_steps={args.pretrain_steps}")),
                 ("sft", sft, ("--config", "configs/addition_sft.py",
-                              f"--config.init_from={pre}"))):
+                              f"--config.init_from={pre}",
+                              f"--config.train.steps={args.sft_steps}",
+                              f"--config.optim.decay_steps={args.sft_steps}",
+                              f"--config.train.checkpoint_every={args.sft_steps}"))):
             if not done(wd):
                 walls[name] = cli("gptjax.train", *cmd, "--workdir", wd,
                                   log=os.path.join(out, f"{name}.log"))

@@ -12,22 +12,24 @@ from typing import Any
 
 import ml_collections
 
-from gptjax import axes, losses
+from gptjax import axes, lora, losses
 from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
+DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
+LORA_STAGES = ("sft", "reward", "dpo")  # the stages that train LoRA adapters (lora.rank > 0)
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"
     c.seed = 0
-    # sft / reward / ppo: the workdir whose latest parameters start this stage (its model shape and
-    # tokenizer are used; its optimizer state is not). Runtime model options (dropout, dtype,
-    # remat, attention) still come from this config's `model` section.
+    # sft / reward / ppo / dpo: the workdir whose latest parameters start this stage (its model
+    # shape and tokenizer are used; its optimizer state is not). Runtime model options (dropout,
+    # dtype, remat, attention) still come from this config's `model` section.
     c.init_from = ""
 
     c.model = ml_collections.ConfigDict(dataclasses.asdict(GPTConfig()))
@@ -60,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo = ppo_config()
     c.eval = eval_config()
     c.grpo = grpo_config()
+    c.dpo = dpo_config()
+    c.lora = lora_config()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -163,6 +167,46 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.target_kl = 6.0  # adaptive beta aims the per-sequence KL here; 0 = beta fixed
     p.kl_horizon = 10000.0  # adaptive controller horizon (sequences)
     return p
+
+
+def dpo_config() -> ml_collections.ConfigDict:
+    """Stage `dpo` (gptjax/loops/dpo.py): the policy and the frozen reference start from
+    `init_from` (an SFT workdir); data.mixture names preference data (pairs, or K ranked answers
+    giving their C(K, 2) pairs). train.batch_size counts records (all answers of a record share
+    a batch). Defaults are TRL's DPOConfig."""
+    d = ml_collections.ConfigDict()
+    d.loss = "sigmoid"  # sigmoid (DPO), ipo (IPO, per-token mean log-probs), hinge (SLiC)
+    d.beta = 0.1  # the KL strength: implicit reward = beta * log(pi / pi_ref)
+    d.label_smoothing = 0.0  # sigmoid only: conservative DPO's label noise eps in [0, 0.5)
+    # per_batch: the reference (a frozen copy of the SFT model, or the LoRA base) reads every
+    # batch; precomputed: its log-probs of every record are computed once before training and
+    # cached in the workdir (ref_logps.npz): one forward pass less per step, no second copy.
+    d.reference = "per_batch"
+    # Warn when the held-out log-probs of chosen AND rejected answers have both fallen by more
+    # than this (nats per answer; per token for ipo) below the reference's while the margin
+    # grows: the policy is moving probability off both answers. 0 = no warning.
+    d.displacement_warning = 1.0
+    return d
+
+
+def lora_config() -> ml_collections.ConfigDict:
+    """LoRA adapters (gptjax/lora.py) for the fine-tuning stages sft, reward and dpo: rank 0 =
+    full fine-tuning; rank r > 0 freezes the init model and trains, on each targeted projection
+    W, a low-rank update (alpha / r) A B (A: in x r, B: r x out). Only the adapters (and the
+    reward model's new head) are checkpointed; `python -m gptjax.convert --merge-lora` writes
+    a plain workdir."""
+    lo = ml_collections.ConfigDict()
+    lo.rank = 0
+    lo.alpha = 16.0  # the update's scale is alpha / rank
+    # comma-separated regular expressions searched in projection paths such as h_0/attn/c_attn
+    # (attention qkv and output, MLP in and out: attn/c_attn, attn/c_proj, mlp/c_fc, mlp/c_proj)
+    lo.targets = lora.DEFAULT_TARGETS
+    lo.dropout = 0.0  # dropout on the adapters' input (training only)
+    # comma-separated GPT parameter groups trained in full beside the adapters (PEFT's
+    # modules_to_save), e.g. "wte": the token embedding (tied to the output), which chat
+    # tokens new to the init model need; "wte,ln_f"; "" = adapters only
+    lo.train = ""
+    return lo
 
 
 def eval_config() -> ml_collections.ConfigDict:
@@ -375,6 +419,9 @@ def validate(config: ml_collections.ConfigDict, shape: bool = True) -> None:
         validate_eval(config.eval)
     if config.stage == "grpo":
         validate_grpo(config)
+    if config.stage == "dpo":
+        validate_dpo(config.dpo)
+    validate_lora(config)
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
@@ -396,6 +443,41 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+def validate_dpo(d: ml_collections.ConfigDict) -> None:
+    """The dpo section's checks."""
+    if d.loss not in losses.DPO_LOSSES:
+        raise GptjaxError(f"dpo.loss={d.loss!r}: use one of {losses.DPO_LOSSES}")
+    if d.beta <= 0:
+        raise GptjaxError(f"dpo.beta={d.beta} must be > 0 (TRL's default is 0.1)")
+    if not 0.0 <= d.label_smoothing < 0.5:
+        raise GptjaxError(f"dpo.label_smoothing={d.label_smoothing} must be in [0, 0.5)")
+    if d.label_smoothing and d.loss != "sigmoid":
+        raise GptjaxError(f"dpo.label_smoothing applies to dpo.loss=sigmoid only (got "
+                          f"dpo.loss={d.loss!r}); set it to 0")
+    if d.reference not in DPO_REFERENCE:
+        raise GptjaxError(f"dpo.reference={d.reference!r}: use one of {DPO_REFERENCE}")
+    if d.displacement_warning < 0:
+        raise GptjaxError(f"dpo.displacement_warning={d.displacement_warning} must be >= 0")
+
+
+def validate_lora(config: ml_collections.ConfigDict) -> None:
+    """The lora section's checks that need no model (targets and rank are checked against the
+    model's projections by gptjax.lora.sites)."""
+    lo = config.lora
+    if lo.rank < 0:
+        raise GptjaxError(f"lora.rank={lo.rank} must be >= 0 (0 = full fine-tuning)")
+    if not lo.rank:
+        return
+    if config.stage not in LORA_STAGES:
+        raise GptjaxError(f"lora.rank={lo.rank}: stage {config.stage!r} does not train LoRA "
+                          f"adapters (stages that do: {LORA_STAGES}); set lora.rank=0")
+    if lo.alpha <= 0:
+        raise GptjaxError(f"lora.alpha={lo.alpha} must be > 0")
+    if not 0.0 <= lo.dropout < 1.0:
+        raise GptjaxError(f"lora.dropout={lo.dropout} must be in [0, 1)")
+    if not [t for t in str(lo.targets).split(",") if t.strip()]:
+        raise GptjaxError("lora.targets is empty; name the projections to adapt, e.g. "
+                          "attn/c_attn,attn/c_proj,mlp/c_fc,mlp/c_proj")
 
 
 def validate_eval(e: ml_collections.ConfigDict) -> None:

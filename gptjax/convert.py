@@ -2,6 +2,7 @@
 
     python -m gptjax.convert --from-hf HF_DIR --workdir DIR   # HF -> a gptjax workdir at step 0
     python -m gptjax.convert --workdir DIR --to-hf OUT_DIR    # DIR's latest checkpoint -> HF
+    python -m gptjax.convert --workdir DIR --merge-lora OUT   # LoRA workdir -> a plain workdir
 
 HF_DIR is what `GPT2LMHeadModel.save_pretrained` writes: config.json and model.safetensors (or
 shards listed in model.safetensors.index.json). HF's Conv1D stores weights as (in, out), the
@@ -41,7 +42,8 @@ from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
 USAGE = ("usage: python -m gptjax.convert --from-hf HF_DIR --workdir DIR\n"
-         "       python -m gptjax.convert --workdir DIR --to-hf OUT_DIR")
+         "       python -m gptjax.convert --workdir DIR --to-hf OUT_DIR\n"
+         "       python -m gptjax.convert --workdir DIR --merge-lora OUT_DIR")
 # HF activation_function -> gptjax model.activation (gelu_new and gelu_pytorch_tanh are both
 # the tanh approximation; gelu is the exact erf form).
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -319,11 +321,8 @@ def to_hf(workdir: str, out_dir: str) -> int:
     """Write DIR's latest checkpoint as OUT_DIR/model.safetensors + config.json; returns its step.
 
     Only the parameters are read from the checkpoint (not the optimizer state)."""
-    import flax.linen as nn
-    import jax
     import jax.numpy as jnp
 
-    from gptjax.checkpoint import restore_params
     from gptjax.model import GPT
 
     m = read_workdir_model(workdir)
@@ -333,9 +332,8 @@ def to_hf(workdir: str, out_dir: str) -> int:
     if taken:
         raise GptjaxError(f"--to-hf {out_dir} already holds {taken}; refusing to overwrite. "
                           "Pass an empty or new folder.")
-    abstract = nn.unbox(jax.eval_shape(
-        lambda: GPT(m).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
-    step, params = restore_params(workdir, abstract)
+    # (a LoRA workdir: its base with the adapters merged in)
+    step, params = workdir_lib.restore_model(workdir, GPT(m), (jnp.zeros((1, 1), jnp.int32),))
     tensors = params_to_hf(params, m)
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -355,10 +353,16 @@ def main(argv: list[str] | None = None) -> int:
                            help="import: a folder written by GPT2LMHeadModel.save_pretrained")
     direction.add_argument("--to-hf", metavar="OUT_DIR",
                            help="export DIR's latest checkpoint into this folder")
+    direction.add_argument("--merge-lora", metavar="OUT_DIR",
+                           help="write DIR's LoRA-adapted model as a plain workdir")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.from_hf is not None:
         from_hf(args.from_hf, args.workdir)
         print(f"wrote {args.workdir}: config.json and a step-0 checkpoint from {args.from_hf}")
+    elif args.merge_lora is not None:
+        step = workdir_lib.merge_lora(args.workdir, args.merge_lora)
+        print(f"wrote {args.merge_lora}: a plain workdir of {args.workdir}'s adapters merged "
+              f"into their base (step {step})")
     else:
         step = to_hf(args.workdir, args.to_hf)
         print(f"wrote {args.to_hf}: model.safetensors and config.json from step {step}")

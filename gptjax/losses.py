@@ -1,4 +1,5 @@
-"""Loss functions, each pure: next-token LM, masked SFT, ranking RM, and the PPO / KL terms."""
+"""Loss functions, each pure: next-token LM, masked SFT, ranking RM, DPO / IPO, and the PPO / KL
+terms."""
 
 from __future__ import annotations
 
@@ -69,6 +70,80 @@ def ranking_loss(scores: Array, pref: Array, valid: Array) -> tuple[Array, dict[
     labeled = pref.sum()
     correct = ((margin > 0) * pref).sum()
     return per_prompt.mean(), {"accuracy": correct / jnp.maximum(labeled, 1.0)}
+
+
+# --- DPO / IPO -------------------------------------------------------------------------------
+# Preference optimisation without a reward model (Rafailov et al. 2023): the policy's implicit
+# reward is r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)), trained with a pairwise loss on it.
+
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+def sequence_logprobs(logits: Array, targets: Array, mask: Array, average: bool = False
+                      ) -> Array:
+    """log pi(y | x) = sum_t m_t log p(y_t | y_<t, x) over the answer's tokens (mask m), per row:
+    logits (B, T, V), targets / mask (B, T) -> (B,). average=True divides by sum_t m_t (the
+    per-token mean log-prob IPO uses); an empty mask gives 0."""
+    lp = (token_logprobs(logits, targets) * mask).sum(-1)
+    if not average:
+        return lp
+    n = mask.astype(jnp.float32).sum(-1)
+    return lp / jnp.where(n > 0, n, 1.0)
+
+
+def dpo_pair_loss(h: Array, beta: float, kind: str = "sigmoid", label_smoothing: float = 0.0
+                  ) -> Array:
+    """The loss of a pair (w preferred to l) from h = log(pi_w / ref_w) - log(pi_l / ref_l):
+
+        sigmoid  -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (DPO; eps > 0 is
+                 conservative DPO, labels flipped with probability eps)
+        ipo      (h - 1 / (2 beta))^2                                        (IPO, Azar et al.)
+        hinge    max(0, 1 - beta h)                                          (SLiC-HF)
+    """
+    h = h.astype(jnp.float32)
+    if kind == "sigmoid":
+        return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+                - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+    if kind == "ipo":
+        return (h - 1.0 / (2.0 * beta)) ** 2
+    if kind == "hinge":
+        return jax.nn.relu(1.0 - beta * h)
+    raise ValueError(f"unknown DPO loss {kind!r}; choose one of {DPO_LOSSES}")
+
+
+def dpo_loss(logps: Array, ref_logps: Array, pref: Array, beta: float, kind: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[Array, dict[str, Array]]:
+    """DPO over all labeled pairs of each record's K answers.
+
+        rho_k = log pi(y_k | x) - log pi_ref(y_k | x)         r_k = beta rho_k (implicit reward)
+        loss = (1/P') sum_p 1/n_p sum_{(w, l): w > l} dpo_pair_loss(rho_w - rho_l)
+
+    logps, ref_logps (P, K): sequence log-probs of each answer (ref_logps get no gradient);
+    pref (P, K, K): pref[p, w, l] = 1 for each labeled pair; n_p = pairs of record p; P' =
+    records with a pair (a padding record has none and weighs 0). With K = 2 this is TRL's
+    mean over pairs. Metrics, weighted over pairs like the loss (TRL's rewards/chosen, ...):
+    rewards_chosen = E[r_w], rewards_rejected = E[r_l], rewards_margins = E[r_w - r_l],
+    rewards_accuracies = E[r_w > r_l] (ties count as wrong), logps_chosen = E[log pi(y_w)],
+    logps_rejected = E[log pi(y_l)].
+    """
+    logps = logps.astype(jnp.float32)
+    rho = logps - jax.lax.stop_gradient(ref_logps.astype(jnp.float32))  # (P, K)
+    h = rho[:, :, None] - rho[:, None, :]  # (P, K, K): rho_i - rho_j
+    n = pref.sum((1, 2))  # (P,)
+    records = jnp.maximum((n > 0).sum(), 1)
+    w = pref / jnp.where(n > 0, n, 1.0)[:, None, None] / records  # sums to 1 over all pairs
+    loss = (w * dpo_pair_loss(h, beta, kind, label_smoothing)).sum()
+
+    def mean(x):  # the pair-weighted mean of x (P, K, K), or of x (P, K) read as x_w or x_l
+        return jax.lax.stop_gradient((w * jnp.broadcast_to(x, w.shape)).sum())
+
+    r = beta * rho
+    chosen, rejected = r[:, :, None], r[:, None, :]  # r_w, r_l of pair (w, l) = (i, j)
+    lp_w, lp_l = logps[:, :, None], logps[:, None, :]
+    return loss, {"rewards_chosen": mean(chosen), "rewards_rejected": mean(rejected),
+                  "rewards_margins": mean(chosen - rejected),
+                  "rewards_accuracies": mean((chosen > rejected).astype(jnp.float32)),
+                  "logps_chosen": mean(lp_w), "logps_rejected": mean(lp_l)}
 
 
 # --- PPO and KL -----------------------------------------------------------------------------

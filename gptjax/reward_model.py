@@ -11,14 +11,12 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gptjax import losses, sampling
 from gptjax import workdir as workdir_lib
-from gptjax.checkpoint import restore_params
 from gptjax.data import preferences
 from gptjax.data.chat import Conversation, render_prompt
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
@@ -114,9 +112,9 @@ def load(workdir: str) -> Scorer:
     """The latest reward-model checkpoint of a `reward` workdir, with its normalisation."""
     cfg = workdir_lib.model_config(workdir)
     tok = workdir_lib.read_tokenizer(workdir)
-    shapes = jax.eval_shape(lambda: nn.unbox(RewardModel(cfg).init(
-        jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))["params"]))
-    _, params = restore_params(workdir, shapes)
+    # (a LoRA reward workdir: its SFT trunk with the adapters merged in, and its head)
+    _, params = workdir_lib.restore_model(
+        workdir, RewardModel(cfg), (jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32)))
     norm = workdir_lib.read_json(workdir, NORMALIZATION_FILE)
     offset = float(norm["offset"]) if norm else 0.0
     return Scorer(cfg, jax.device_put(params), tok, offset)

@@ -21,7 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gptjax import sharding
 from gptjax.errors import GptjaxError
 
-LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# loss_fn(params, batch, rng[, frozen]) -> (loss, aux metrics); `frozen`: the stage's frozen
+# models (a trainer.Frozen pytree: a reference model, a LoRA base), never differentiated.
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -168,6 +170,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
                       micro-step's forward and backward; gradients are reduced (scattered) each
                       micro-step into the sharded accumulator. Least memory.
     With one device on the batch axes both are the same program.
+
+    A stage with frozen models gets step(state, batch, frozen), and its loss loss_fn(params,
+    batch, rng, frozen): gradients are of `params` only.
     """
     if gather_weights not in GATHER_WEIGHTS:
         raise GptjaxError(f"sharding.gather_weights={gather_weights!r} is unknown; use one of "
@@ -176,24 +181,27 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     manual = batch_mesh_axes(mesh, rules)
     per_device = bool(manual) and gather_weights == "per_step" and getattr(
         loss_fn, "mean_over_rows", False)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def global_grads(params, batch, key, sharded):
+    def grads_of(frozen: tuple):
+        # d loss / d params; the frozen models (none, or a trainer.Frozen pytree) are constants
+        return jax.value_and_grad(lambda p, b, k: loss_fn(p, b, k, *frozen), has_aux=True)
+
+    def global_grads(params, batch, key, sharded, frozen):
         # Each micro-batch's gradient is reduced as XLA sees fit, into an accumulator sharded
         # like the parameters.
-        grads, loss, aux = _sums(grad_fn, params, batch, key, grad_accum,
+        grads, loss, aux = _sums(grads_of(frozen), params, batch, key, grad_accum,
                                  lambda x: _split_micro(x, grad_accum, mesh, rules), sharded)
         if grad_accum == 1:
             return grads, loss, aux
         grads = jax.tree.map(lambda g: g / grad_accum, grads)
         return grads, loss / grad_accum, jax.tree.map(lambda a: a / grad_accum, aux)
 
-    def local_grads(params, batch, key, sharded):
+    def local_grads(params, batch, key, sharded, frozen):
         n = grad_accum * math.prod(mesh.shape[a] for a in manual)
         specs = jax.tree.map(lambda _: P(), params) if param_shardings is None else jax.tree.map(
             lambda sh: _scatter_spec(sh.spec, manual), param_shardings)
 
-        def per_device_sums(params, batch, key):
+        def per_device_sums(params, batch, key, frozen):
             # Typed per-device before differentiating: the gradient is then this device's own
             # (an invariant input would have its cotangent summed over devices right away).
             def vary(tree):
@@ -202,7 +210,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
             key = jax.random.fold_in(key, jax.lax.axis_index(manual))
             with nn.logical_axis_rules(_local_rules(rules, manual)):
                 grads, loss, aux = _sums(
-                    grad_fn, params, batch, key, grad_accum, lambda x: x.reshape(
+                    grads_of(frozen), params, batch, key, grad_accum, lambda x: x.reshape(
                         x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
                     params, vary)
             # The one reduction of the step. A device's rows are the shards of the global-view
@@ -211,17 +219,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
             return grads, *jax.tree.map(lambda x: jax.lax.psum(x, manual) / n, (loss, aux))
 
         batch_spec = jax.tree.map(lambda x: P(manual), batch)
-        return jax.shard_map(per_device_sums, mesh=mesh, in_specs=(P(), batch_spec, P()),
+        # (frozen models enter whole, like the gathered weights)
+        return jax.shard_map(per_device_sums, mesh=mesh,
+                             in_specs=(P(), batch_spec, P(), P()),
                              out_specs=(specs, P(), P()), axis_names=set(manual))(
-                                 params, batch, key)
+                                 params, batch, key, frozen)
 
-    def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step_fn(state: TrainState, batch: Any, *frozen: Any
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(base_key, state.step)
         params = state.params
         if gather_weights == "per_step":
             params = gather_over_batch_axes(params, mesh, rules)
         grads, loss, aux = (local_grads if per_device else global_grads)(
-            params, batch, key, state.params)
+            params, batch, key, state.params, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -232,17 +243,17 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
 
 
 def make_eval_step(loss_fn: LossFn):
-    """eval(state, batches (n, B, ...)) -> {'loss': mean, **{name: mean}}: the forward-only loss
-    and aux metrics of the state's parameters over a stack of batches, in one program (no
-    dropout).
+    """eval(state, batches (n, B, ...)[, frozen]) -> {'loss': mean, **{name: mean}}: the
+    forward-only loss and aux metrics of the state's parameters over a stack of batches, in one
+    program (no dropout).
 
     One dispatch for the whole validation set: besides saving n-1 launches, this keeps
     independent collective programs from being in flight together, which XLA:CPU's multi-device
     runtime can deadlock on.
     """
-    def eval_fn(state, batches):
+    def eval_fn(state, batches, *frozen):
         def one(b):
-            loss, aux = loss_fn(state.params, b, None)
+            loss, aux = loss_fn(state.params, b, None, *frozen)
             return {"loss": loss, **aux}
         return jax.tree.map(jnp.mean, jax.lax.map(one, batches))
     return eval_fn

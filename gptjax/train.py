@@ -23,6 +23,7 @@ STAGE_MODULES = {
     "ppo": "gptjax.loops.ppo",
     "eval": "gptjax.loops.eval",
     "grpo": "gptjax.loops.grpo",
+    "dpo": "gptjax.loops.dpo",
 }
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "

@@ -2,7 +2,9 @@
 stage's small JSON reports, and the latest checkpoint's parameters.
 
 Shared by every stage (which writes them) and every command that uses a trained model (sample,
-chat, serve, eval, convert, and the stages that start from another stage's workdir).
+chat, serve, eval, convert, and the stages that start from another stage's workdir). A LoRA
+workdir (lora.rank > 0) reads back as its base with the adapters merged in (`restore_model`),
+and `merge_lora` writes that model as a plain workdir.
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
-from gptjax.checkpoint import restore_params
+from gptjax import lora, step as step_lib
+from gptjax.checkpoint import Checkpointer, restore_params
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from gptjax.errors import GptjaxError
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT, GPTConfig, RewardModel
+from gptjax.optim import make_optimizer
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+# A LoRA workdir's base: {"init_from": absolute path, "step": its checkpoint, "base_key": None
+# (the base is a GPT tree) or the key it sits under ("trunk"), "full": keys trained in full}
+LORA_BASE_FILE = "lora_base.json"
 
 
 @dataclasses.dataclass
@@ -168,15 +176,53 @@ def check_language_model(workdir: str) -> None:
                           f"language model; pass the workdir of a {stages} run")
 
 
-def load_host(workdir: str) -> TrainedModel:
-    """Config, tokenizer and the latest checkpoint's GPT parameters as host numpy arrays."""
+def load_host(workdir: str, step: int | None = None) -> TrainedModel:
+    """Config, tokenizer and the latest (or `step`'s) checkpoint's GPT parameters as host numpy
+    arrays; a LoRA workdir's are its base with the adapters merged in."""
     cfg = model_config(workdir)
     check_language_model(workdir)
     tok = read_tokenizer(workdir)
-    shapes = jax.eval_shape(lambda: nn.unbox(GPT(cfg).init(
-        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
-    step, params = restore_params(workdir, shapes)
+    step, params = restore_model(workdir, GPT(cfg), (jnp.zeros((1, 1), jnp.int32),), step)
     return TrainedModel(cfg, params, tok, step)
+
+
+def lora_spec(workdir: str) -> lora.LoraSpec | None:
+    """The LoRA adapters a workdir trained (its config.json's lora section), or None."""
+    return lora.spec_from(run_config(workdir).get("lora"))
+
+
+def restore_model(workdir: str, module: nn.Module, init_args: tuple, step: int | None = None
+                  ) -> tuple[int, Any]:
+    """(step, host parameters of `module`) from the workdir's latest (or `step`'s) checkpoint.
+
+    A LoRA workdir's checkpoint holds only its adapters (and the parts it trained in full);
+    its base is read from the workdir named in lora_base.json, at the step recorded there, and
+    the adapters are merged into it: W + (alpha / r) A B."""
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *init_args)
+                                             ["params"]))
+    spec = lora_spec(workdir)
+    if spec is None:
+        return restore_params(workdir, shapes, step)
+    info = read_json(workdir, LORA_BASE_FILE)
+    if info is None:
+        raise GptjaxError(f"{workdir} trained LoRA adapters but has no {LORA_BASE_FILE} naming "
+                          "their base model; it cannot be rebuilt")
+    where = info["init_from"]
+    if not os.path.isdir(where):
+        raise GptjaxError(
+            f"{workdir} holds LoRA adapters on the model of {where} (step {info['step']}), which "
+            "is gone. Restore that workdir, or merge the adapters while it exists: python -m "
+            "gptjax.convert --workdir ADAPTERS --merge-lora OUT")
+    base = load_host(where, info["step"])
+    cfg = model_config(workdir)
+    base_params, _ = grow_vocab(base.params, base.cfg, cfg.vocab_size)
+    tree = base_params if info["base_key"] is None else {info["base_key"]: base_params}
+    full = [tuple(p.split("/")) for p in info["full"]]  # trained in full beside the adapters
+    adapters = jax.eval_shape(lambda: nn.unbox(lora.init(
+        jax.random.key(0), spec, lora.sites(module, spec, *init_args))))
+    step, saved = restore_params(workdir, {"lora": adapters, **lora.pick(shapes, full)}, step)
+    trained = {k: v for k, v in saved.items() if k != "lora"}
+    return step, lora.merge(lora.overlay(tree, trained), saved["lora"], spec)
 
 
 def load(workdir: str) -> TrainedModel:
@@ -185,6 +231,49 @@ def load(workdir: str) -> TrainedModel:
     # Place the weights once: handing host arrays to every generate call (each chat turn) would
     # copy all of them to the device again each time.
     return dataclasses.replace(m, params=jax.device_put(m.params))
+
+
+def merge_lora(workdir: str, out_dir: str) -> int:
+    """Write OUT_DIR, a plain workdir of DIR's LoRA-adapted model: its base (lora_base.json)
+    with the adapters merged in, W + (alpha / r) A B, as a full train state (fresh optimizer
+    moments) at DIR's latest step, with DIR's config (lora.rank 0), tokenizer and reports.
+    Every command that reads a workdir (sample, chat, --to-hf, init_from) then needs neither
+    the adapters nor the base. Returns the step."""
+    if lora_spec(workdir) is None:
+        raise GptjaxError(f"{workdir} trained no LoRA adapters (its config.json has lora.rank "
+                          "0): it is a plain workdir already")
+    if (os.path.isdir(os.path.join(out_dir, "checkpoints"))
+            or os.path.abspath(out_dir) == os.path.abspath(workdir)):
+        raise GptjaxError(f"--merge-lora {out_dir} already holds checkpoints (or is DIR); pass "
+                          "a new folder")
+    run = run_config(workdir)
+    cfg = model_config(workdir)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    if run.get("stage") == "reward":
+        module, args = RewardModel(cfg), (tokens, jnp.ones((1,), jnp.int32))
+    else:
+        module, args = GPT(cfg), (tokens,)
+    step, params = restore_model(workdir, module, args)
+    run = {**run, "lora": {**run["lora"], "rank": 0}}
+    os.makedirs(out_dir, exist_ok=True)
+    skip = {CONFIG_FILE, LORA_BASE_FILE}
+    for name in sorted(os.listdir(workdir)):  # tokenizer.json and the stage's reports
+        src = os.path.join(workdir, name)
+        if os.path.isfile(src) and name.endswith((".json", ".jsonl")) and name not in skip:
+            with open(src, "rb") as f, open(os.path.join(out_dir, name), "wb") as g:
+                g.write(f.read())
+    write_json(out_dir, CONFIG_FILE, run)
+    params = jax.tree.map(jnp.asarray, params)
+    tx = make_optimizer(ml_collections.ConfigDict(run["optim"]))
+    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                                opt_state=tx.init(params))
+    ckpt = Checkpointer(out_dir, async_save=False)
+    try:
+        ckpt.save(step, state)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    return step
 
 
 def grow_vocab(params: Any, cfg: GPTConfig, vocab_size: int) -> tuple[Any, GPTConfig]:

@@ -262,3 +262,13 @@ def train_iterator(parts: Sequence[list[dict[str, np.ndarray]]], global_batch: i
 
 def stack(encoded: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([e[k] for e in encoded]) for k in encoded[0]}
+
+
+def val_stack(val: list[dict[str, np.ndarray]], global_batch: int, num_batches: int,
+              pidx: int, pcount: int) -> dict[str, np.ndarray]:
+    """The fixed validation batches used during training (reward model, DPO): this process's
+    rows, (n, rows, ...) per field (the held-out records in order, repeated if too few)."""
+    rows = global_batch // pcount
+    data = stack([val[i % len(val)] for i in range(num_batches * global_batch)])
+    return {k: v.reshape(num_batches, global_batch, *v.shape[1:])[:, pidx * rows:(pidx + 1) * rows]
+            for k, v in data.items()}

@@ -24,17 +24,8 @@ from gptjax import losses, sharding
 from gptjax import reward_model as rm
 from gptjax import workdir as workdir_lib
 from gptjax.data import preferences
-from gptjax.loops import finetune, supervised, trainer
+from gptjax.loops import finetune, supervised, trainer, tuning
 from gptjax.model import RewardModel
-
-
-def _val_stack(val: list, global_batch: int, num_batches: int, pidx: int, pcount: int):
-    """The fixed validation batches used during training: this process's rows, (n, rows, ...)
-    per field (the held-out records in order, repeated if there are too few)."""
-    rows = global_batch // pcount
-    data = preferences.stack([val[i % len(val)] for i in range(num_batches * global_batch)])
-    return {k: v.reshape(num_batches, global_batch, *v.shape[1:])[:, pidx * rows:(pidx + 1) * rows]
-            for k, v in data.items()}
 
 
 def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
@@ -70,18 +61,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     pidx, pcount = jax.process_index(), jax.process_count()
     train_it = preferences.train_iterator(data.train, tcfg.batch_size, config.seed, pidx, pcount,
                                           data.weights)
-    val_set = _val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
+    val_set = preferences.val_stack(data.val, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
     answers = tcfg.batch_size * data.k_max
+    # LoRA: adapters on the SFT trunk, the new head trained in full
+    tune = tuning.make(config, workdir, model,
+                       (jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)),
+                       {"trunk": s.params}, initial_params, s.init_step, full_keys=("head",),
+                       base_key="trunk")
     result = trainer.fit(config, workdir, supervised.loss_stage(
-        config, "reward", init, rm.rm_loss_fn(model, s.cfg.dropout > 0),
+        config, "reward", tune.init, tune.wrap(rm.rm_loss_fn(model, s.cfg.dropout > 0)),
         # batch i holds records [i*B, (i+1)*B) whatever the process count
         data=trainer.Data.of_iterator(train_it, position_global=True), val=val_set,
-        initial=initial_params, tokens_per_step=answers * seq_len,
-        flops_per_token=s.cfg.flops_per_token(seq_len),
-        num_params=s.cfg.num_params(non_embedding=False)))
+        initial=tune.initial, frozen=tune.frozen, tokens_per_step=answers * seq_len,
+        flops_per_token=tune.flops_per_token(s.cfg.flops_per_token(seq_len)),
+        num_params=s.cfg.num_params(non_embedding=False), describe=tune.describe()))
     if result.interrupted_by is not None:
         return result
-    params = sharding.to_host(result.state.params)  # gathered when sharded over processes
+    # gathered when sharded over processes; LoRA adapters merged into the trunk
+    params = tune.merged(sharding.to_host(result.state.params), {"trunk": s.params})
     report = heldout_accuracy(params, s.cfg, data.val)
     workdir_lib.write_json(workdir, "reward_eval.json", report)
     msg = (f"reward model held-out accuracy {report['accuracy']:.3f} ± {report['stderr']:.3f} "

@@ -2,7 +2,8 @@
 
 `run(config, workdir)`: start from `config.init_from` (a pretrained workdir; parameters only),
 read the data sets of `config.data.mixture`, pack conversations into rows with segment ids and
-restarting positions, and train with the shared loop. Validation loss is on held-out
+restarting positions, and train with the shared loop: the whole model, or LoRA adapters on it
+when lora.rank > 0 (gptjax/loops/tuning.py). Validation loss is on held-out
 conversations' assistant tokens.
 """
 
@@ -18,7 +19,7 @@ from gptjax import config as config_lib
 from gptjax import losses
 from gptjax import workdir as workdir_lib
 from gptjax.data import sft as sft_data
-from gptjax.loops import finetune, supervised, trainer
+from gptjax.loops import finetune, supervised, trainer, tuning
 from gptjax.model import GPT
 
 
@@ -60,9 +61,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     train_it = sft_data.train_iterator(train, weights, seq_len, tcfg.batch_size, config.seed,
                                        pidx, pcount)
     val_set = sft_data.val_batches(val, seq_len, tcfg.batch_size, tcfg.eval_batches, pidx, pcount)
+    tune = tuning.make(config, workdir, model, (jnp.zeros((1, seq_len), jnp.int32),), s.params,
+                       lambda: s.params, s.init_step)
     return trainer.fit(config, workdir, supervised.loss_stage(
-        config, "sft", lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
-        sft_loss_fn(model, dropout=s.cfg.dropout > 0), data=trainer.Data.of_iterator(train_it),
-        val=val_set, initial=lambda: s.params, tokens_per_step=tcfg.batch_size * seq_len,
-        flops_per_token=s.cfg.flops_per_token(seq_len),
-        num_params=s.cfg.num_params(non_embedding=False)))
+        config, "sft", tune.init, tune.wrap(sft_loss_fn(model, dropout=s.cfg.dropout > 0)),
+        data=trainer.Data.of_iterator(train_it), val=val_set, initial=tune.initial,
+        frozen=tune.frozen, tokens_per_step=tcfg.batch_size * seq_len,
+        flops_per_token=tune.flops_per_token(s.cfg.flops_per_token(seq_len)),
+        num_params=s.cfg.num_params(non_embedding=False), describe=tune.describe()))
