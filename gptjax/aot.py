@@ -96,7 +96,9 @@ def stage_and_batch(config: ml_collections.ConfigDict):
             temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
             eos_id=tok.specials[END_OF_TURN])
         spec = iteration.Spec(mcfg, mcfg, rc, ppo.ppo_hparams(config), p.truncated,
-                              p.truncated_penalty, ptx=bool(p.ptx_coef))
+                              p.truncated_penalty, bool(p.normalize_scores),
+                              float(p.score_clip), bool(p.center_critic),
+                              ptx=bool(p.ptx_coef))  # as ppo.setup builds it
         su = ppo.Setup(spec, tok, None, None, 0.0, [[rc.eos_id]], [], None)
         width, b = ppo.prompt_width(config), int(p.batch_prompts)
         batch = {"prompts": ((b, width), jnp.int32), "lengths": ((b,), jnp.int32)}
