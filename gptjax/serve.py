@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import signal
 import sys
 import time
 
@@ -110,8 +111,28 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     config = uvicorn.Config(create_app(service), log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = _uvicorn_server()(config)
+    server.run(sockets=[sock])
+    if server.interrupted:
+        # uvicorn re-raises the signal it shut down for, but under asyncio's own SIGINT
+        # handler that can end as a normal return; Ctrl-C must still exit 130.
+        raise KeyboardInterrupt
     return 0
+
+
+def _uvicorn_server():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering whether it shut down for Ctrl-C."""
+
+        interrupted = False
+
+        def handle_exit(self, sig, frame) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 if __name__ == "__main__":
