@@ -20,8 +20,8 @@ from gptjax.model import GPTConfig
 STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
-LORA_STAGES = ("sft", "reward", "dpo", "grpo")  # stages that train LoRA adapters (lora.rank > 0)
-RL_LORA_STAGES = ("grpo",)  # ... whose ratio pi / pi_old needs the adapters without dropout
+LORA_STAGES = ("sft", "reward", "dpo", "grpo", "ppo")  # the stages that train LoRA adapters
+RL_LORA_STAGES = ("grpo", "ppo")  # ... whose ratio pi / pi_old needs the adapters without dropout
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -183,7 +183,8 @@ def dpo_config() -> ml_collections.ConfigDict:
 
 
 def lora_config() -> ml_collections.ConfigDict:
-    """LoRA adapters (gptjax/lora.py) for the fine-tuning stages sft, reward, dpo, grpo: rank 0 =
+    """LoRA adapters (gptjax/lora.py) for the fine-tuning stages sft, reward, dpo, grpo, ppo:
+    rank 0 =
     full fine-tuning; rank r > 0 freezes the init model and trains, on each targeted projection
     W, a low-rank update (alpha / r) A B (A: in x r, B: r x out). Only the adapters (and the
     reward model's new head) are checkpointed; `python -m gptjax.convert --merge-lora` writes

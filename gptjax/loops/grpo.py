@@ -24,14 +24,10 @@ With epochs = num_minibatches = 1 the update is on-policy: pi_old is pi itself (
 so the scoring phase skips the old log-probs' forward, as TRL does. With beta = 0, no reward
 model and no LoRA there is no frozen model at all.
 
-LoRA (lora.rank > 0, gptjax/loops/tuning.py): the state's params are the adapters (and the
-`lora.train` groups); the SFT model is the frozen model frozen['ref'], which is at once the
-reference (adapters off: no second copy of the weights, as PEFT / TRL do) and the policy's base.
-The policy's log-probs (scoring, update) run the base with `lora.attached`; the rollout and the
-evaluation sample from the merged weights W + (alpha / r) A B, built inside the jitted phase: the
-decoder is `sampling.generate`'s own jit, whose trace cache does not see a method interceptor
-(an attached decode silently reuses the base's trace), and merged weights decode faster anyway.
-Dropout is off in RL (lora.dropout must be 0): pi / pi_old must compare the same network.
+LoRA (lora.rank > 0; `gptjax.rl.policy`): the state's params are the adapters (and the
+`lora.train` groups); the SFT model is the frozen model frozen['ref'], at once the reference
+(adapters off: no second copy of the weights) and the policy's base (adapters on). The rollout
+and the evaluation decode with the merged weights.
 """
 
 from __future__ import annotations
@@ -56,6 +52,7 @@ from gptjax.loops import finetune, trainer, tuning
 from gptjax.model import GPT, GPTConfig, ValueModel
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.rl import grpo, monitors, ppo, rollout, tasks, verifiers
+from gptjax.rl import policy as pol
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -151,27 +148,13 @@ def decode_answers(tok: Tokenizer, tokens: np.ndarray, lengths: np.ndarray, eos:
     return out
 
 
-class Policy:
-    """The policy as the phases read it: the state's params in full fine-tuning, or under LoRA
-    the frozen base frozen['ref'] with the state's adapters (`tuning.Tuning`)."""
-
-    def __init__(self, tune: tuning.Tuning, cfg: GPTConfig):
-        self.tune, self.cfg = tune, cfg
-
-    def logprobs(self, params, frozen, tokens, plen, n: int, with_entropy: bool = False):
-        """`rollout.policy_logprobs` of the policy (adapters attached, no dropout)."""
-        if self.tune.spec is None:
-            return rollout.policy_logprobs(params, self.cfg, tokens, plen, n, with_entropy)
-        with self.tune.adapters(params):
-            return rollout.policy_logprobs(self.tune.model_params(params, {"base": frozen["ref"]}),
-                                           self.cfg, tokens, plen, n, with_entropy)
-
-    def sampling_params(self, params, frozen):
-        """Plain GPT parameters to decode with: under LoRA the merged W + (alpha / r) A B."""
-        return params if self.tune.spec is None else self.tune.merged(params, frozen["ref"])
+def sft(frozen: dict[str, Any] | None) -> Any:
+    """The frozen SFT model (the reference; under LoRA the policy's base), None without one."""
+    return None if frozen is None else frozen.get("ref")
 
 
-def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout, policy: Policy):
+def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
+                policy: pol.Policy):
     """(rollout, reward [host], scoring, update) as trainer Phases."""
     cfg, rc, hp, n = su.cfg, su.rc, su.hp, su.rc.max_new_tokens
     mesh, rules = layout.mesh, layout.rules
@@ -181,16 +164,16 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout, poli
 
     def loss_fn_of(frozen):
         def forward(params, inputs):
-            return policy.logprobs(params, frozen, inputs["tokens"], inputs["prompt_lengths"], n,
-                                   with_entropy=True)
+            return policy.logprobs(params, sft(frozen), inputs["tokens"],
+                                   inputs["prompt_lengths"], n, with_entropy=True)
         return grpo.make_loss_fn(forward, hp, on_policy=on_policy)
 
     def keys(state):
         return jax.random.split(jax.random.fold_in(base, state.step))
 
     def rollout_phase(state, batch, frozen=None):
-        s = rollout.sample(policy.sampling_params(state.params, frozen), cfg, batch["prompts"],
-                           batch["lengths"], keys(state)[0], rc, mesh, rules)
+        s = rollout.sample(policy.sampling_params(state.params, sft(frozen)), cfg,
+                           batch["prompts"], batch["lengths"], keys(state)[0], rc, mesh, rules)
         return {"tokens": s.tokens, "prompt_lengths": s.prompt_lengths,
                 "response_lengths": s.response_lengths,
                 "index": jnp.repeat(batch["index"], rc.samples_per_prompt)}
@@ -207,7 +190,7 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout, poli
         cut = monitors.truncated(tokens[:, -n:], rlen, rc.eos_id)
         # pi's own log-probs: pi_old of an off-policy update, or the KL put in the reward
         need_logp = not on_policy or (hp.beta and hp.kl_in == "reward")
-        logp = (masked(policy.logprobs(state.params, frozen, tokens, plen, n)[0], mask)
+        logp = (masked(policy.logprobs(state.params, sft(frozen), tokens, plen, n)[0], mask)
                 if need_logp else None)
         ref = jnp.zeros(mask.shape, jnp.float32)
         if hp.beta:
@@ -239,14 +222,14 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout, poli
             trainer.Phase("scoring", scoring_phase), trainer.Phase("update", update_phase))
 
 
-def make_eval(su: Setup, seed: int, layout: trainer.Layout, policy: Policy):
+def make_eval(su: Setup, seed: int, layout: trainer.Layout, policy: pol.Policy):
     """eval(state, data[, frozen]) -> one greedy and one sampled answer (the rollout's
     temperature) to each held-out prompt; the sampling key is fold_in(seed, step)."""
     n = su.rc.max_new_tokens
     base = jax.random.fold_in(jax.random.key(seed), 0x4556)
 
     def eval_fn(state, data, frozen=None):
-        out, params = {}, policy.sampling_params(state.params, frozen)
+        out, params = {}, policy.sampling_params(state.params, sft(frozen))
         for mode, t in (("greedy", 0.0), ("sampled", su.rc.temperature)):
             rc = dataclasses.replace(su.rc, samples_per_prompt=1, temperature=t)
             s = rollout.sample(params, su.cfg, data["prompts"], data["lengths"],
@@ -289,7 +272,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
     # full: params = the GPT tree; LoRA: params = the adapters, the SFT model frozen (below)
     tune = tuning.make(config, workdir, GPT(su.cfg), (one,), su.policy, lambda: su.policy,
                        su.init_step)
-    policy = Policy(tune, su.cfg)
+    policy = pol.Policy(su.cfg, tune.spec)
     order = grain.MapDataset.range(len(su.train.ids)).shuffle(seed=seed).repeat()
 
     def mine(x: np.ndarray) -> np.ndarray:  # this process's rows
