@@ -149,6 +149,14 @@ def ppo_config() -> ml_collections.ConfigDict:
     # (left out of the loss) or none (scored at its last token). See gptjax/rl/iteration.py.
     p.truncated = "penalty"
     p.truncated_penalty = 1.0
+    # Scores in units of the SFT answers' score std (measured at step 0 with the offset), as
+    # lm-human-preferences normalises its reward: beta and the clip then mean the same for any
+    # reward model. score_clip > 0 clips |score| at that many SFT stds (0 = off).
+    p.normalize_scores = False
+    p.score_clip = 0.0
+    # The critic starts from the reward model moved to the scores' scale (minus the offset, over
+    # the std with normalize_scores); False = the raw reward model (gptjax/rl/iteration.py).
+    p.center_critic = True
     # The reward offset (SFT answers score 0 on average) is measured at step 0 on this many
     # training prompts with PPO's sampling settings; 0 = the reward workdir's offset.
     p.offset_prompts = 64
@@ -517,9 +525,14 @@ def validate_ppo(config: ml_collections.ConfigDict, shape: bool = True) -> None:
             f"ppo.max_new_tokens={p.max_new_tokens} + ppo.max_prompt_tokens="
             f"{p.max_prompt_tokens} must fit model.block_size={config.model.block_size} with "
             "room for a prompt; lower them")
-    if p.ptx_coef < 0 or p.ptx_batch < 0 or p.offset_prompts < 0 or p.eval_prompts < 0:
-        raise GptjaxError("ppo.ptx_coef, ppo.ptx_batch, ppo.offset_prompts and ppo.eval_prompts "
-                          "must be >= 0")
+    if (p.ptx_coef < 0 or p.ptx_batch < 0 or p.offset_prompts < 0 or p.eval_prompts < 0
+            or p.score_clip < 0):
+        raise GptjaxError("ppo.ptx_coef, ppo.ptx_batch, ppo.offset_prompts, ppo.eval_prompts "
+                          "and ppo.score_clip must be >= 0")
+    if (p.normalize_scores or p.score_clip) and not p.offset_prompts:
+        raise GptjaxError("ppo.normalize_scores and ppo.score_clip are in units of the SFT "
+                          "answers' score std, measured on ppo.offset_prompts prompts: set "
+                          "ppo.offset_prompts > 0 (e.g. 64)")
     if p.truncated not in TRUNCATED:
         raise GptjaxError(f"ppo.truncated={p.truncated!r}: use one of {TRUNCATED}")
     if p.kl_kind not in losses.KL_KINDS:

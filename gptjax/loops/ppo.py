@@ -159,7 +159,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         samples_per_prompt=p.samples_per_prompt, max_new_tokens=n_new, temperature=p.temperature,
         top_k=p.top_k, top_p=p.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
     spec = iteration.Spec(s.cfg, scorer.cfg, rc, ppo_hparams(config), p.truncated,
-                          p.truncated_penalty, ptx=bool(p.ptx_coef))
+                          p.truncated_penalty, bool(p.normalize_scores), float(p.score_clip),
+                          bool(p.center_critic), ptx=bool(p.ptx_coef))
     return Setup(spec, s.tokenizer, s.params, jax.device_get(scorer.params), scorer.offset,
                  prompts, held[:p.eval_prompts], corpus, s.init_step)
 
@@ -228,13 +229,12 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
                 "offset_prompts": offset_prompts}
 
     def start(frozen):
+        # offset_prompts = 0: the reward workdir's own offset
         adapters = None if tune.spec is None else nn.unbox(tune.init(jax.random.key(seed)))
-        state = iteration.initial_state(spec, tx, kl, frozen,
-                                        jax.random.fold_in(jax.random.key(seed), 0x0FF5),
-                                        policy=policy, adapters=adapters)
-        if not p.offset_prompts:  # the reward workdir's own offset
-            state = state.replace(reward_offset=jnp.asarray(su.reward_offset, jnp.float32))
-        return state
+        return iteration.initial_state(spec, tx, kl, frozen,
+                                       jax.random.fold_in(jax.random.key(seed), 0x0FF5),
+                                       offset=None if p.offset_prompts else su.reward_offset,
+                                       policy=policy, adapters=adapters)
 
     def make_step(layout: trainer.Layout):
         phases = iteration.make_phases(spec, tx, lr_schedule(config.optim), seed, layout.mesh,

@@ -58,24 +58,36 @@ class Spec:
     hp: ppo.PPOConfig
     truncated: str = "penalty"
     truncated_penalty: float = 1.0
+    normalize_scores: bool = False  # divide by the SFT answers' score std (reward_scale)
+    score_clip: float = 0.0  # |score| <= score_clip SFT score stds; 0 = no clipping
+    center_critic: bool = True  # start the critic on the scores' scale (initial_state)
     ptx: bool = False  # batches carry pretraining windows (R, epochs * minibatches, T + 1)
 
 
 def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLController,
                   frozen: dict[str, Any], key: jax.Array, mesh: Any = None, rules: Any = None,
-                  policy: Policy | None = None, adapters: Any = None) -> PPOState:
+                  offset: float | None = None, policy: Policy | None = None,
+                  adapters: Any = None) -> PPOState:
     """Step 0: policy = the SFT model, critic = the reward model (copies: the iteration donates
     the state), and the reward offset / scale measured on the SFT policy's own answers to
     frozen['offset_prompts'] ((n, B, P) tokens, (n, B) lengths) with PPO's sampling settings.
-    With n = 0 the offset is 0 and the scale 1. LoRA (`policy`): the policy is `adapters` (fresh,
-    B = 0) on frozen['ref']."""
+    With n = 0 the offset is `offset` (default 0) and the scale 1. LoRA (`policy`): the policy
+    is `adapters` (fresh, B = 0) on frozen['ref'].
+
+    The critic starts as the reward model read at every prefix, moved to the scale of the
+    scores it learns to predict (center_critic): its head (w, b) becomes ((w, b − offset) /
+    scale) with normalize_scores, (w, b − offset) without. Started at the raw reward model (as
+    before; center_critic=False), its values are off by the offset at every token, which GAE
+    turns into an advantage of offset · λ^(T−t) on the answer's last tokens, whatever they are,
+    for the iterations the clipped value loss (vf_clip per update) takes to unlearn it."""
     view = policy or Policy(spec.cfg)
     trained, value = jax.tree.map(jnp.copy, (frozen["ref"] if adapters is None else adapters,
                                              frozen["reward"]))
     decode = view.sampling_params(trained, frozen["ref"])
     tokens, lengths = frozen["offset_prompts"]
     if tokens.shape[0] == 0:
-        offset, scale = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+        offset = jnp.asarray(0.0 if offset is None else offset, jnp.float32)
+        scale = jnp.ones((), jnp.float32)
     else:
         def one(args):
             i, p, n = args
@@ -90,9 +102,20 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
         offset = (raw * w).sum() / w.sum()
         scale = jnp.sqrt(((raw - offset) ** 2 * w).sum() / w.sum())
         scale = jnp.where(scale > 0, scale, 1.0)
+    unit = scale if spec.normalize_scores else jnp.ones((), jnp.float32)
+    if spec.center_critic:
+        value = critic_on_score_scale(value, offset, unit)
     return PPOState(step=jnp.zeros((), jnp.int32), params=trained, value_params=value,
                     opt_state=tx.init({"policy": trained, "value": value}), kl=kl,
                     reward_offset=offset, reward_scale=scale)
+
+
+def critic_on_score_scale(value: Any, offset: jax.Array, unit: jax.Array) -> Any:
+    """A ValueModel tree whose every reading is (reward model − offset) / unit: the head
+    v = h·w + b becomes h·(w / unit) + (b − offset) / unit."""
+    head = value["head"]
+    return {**value, "head": {**head, "kernel": head["kernel"] / unit,
+                              "bias": (head["bias"] - offset) / unit}}
 
 
 def raw_scores(spec: Spec, reward_params: Any, s: rollout.Samples) -> tuple[jax.Array, jax.Array]:
@@ -111,10 +134,20 @@ def raw_scores(spec: Spec, reward_params: Any, s: rollout.Samples) -> tuple[jax.
 
 
 def scores_of(spec: Spec, state: PPOState, raw: jax.Array, cut: jax.Array) -> jax.Array:
-    """The scores PPO optimises: raw - offset, with the truncation rule applied."""
-    scores = raw - state.reward_offset
+    """The scores PPO optimises, in units u = reward_scale (the SFT answers' score std) with
+    normalize_scores, else 1:
+
+        score = (raw − offset) / u,  clipped to ±score_clip · reward_scale / u when
+                score_clip > 0,  then the truncation rule (penalty: −truncated_penalty ·
+                reward_scale / u)
+    """
+    unit = state.reward_scale if spec.normalize_scores else jnp.ones_like(state.reward_scale)
+    sd = state.reward_scale / unit  # one SFT score std in the scores' units
+    scores = (raw - state.reward_offset) / unit
+    if spec.score_clip > 0:
+        scores = jnp.clip(scores, -spec.score_clip * sd, spec.score_clip * sd)
     if spec.truncated == "penalty":
-        scores = jnp.where(cut, -spec.truncated_penalty * state.reward_scale, scores)
+        scores = jnp.where(cut, -spec.truncated_penalty * sd, scores)
     return scores
 
 
@@ -128,7 +161,7 @@ def read(spec: Spec, state: PPOState, s: rollout.Samples, frozen: dict[str, Any]
     scores = scores_of(spec, state, raw, cut)
     mask = rollout.response_mask(rlen, n)
     stats = monitors.answer_stats(tokens[:, -n:], rlen, mask, scores, cut, frozen["tables"])
-    stats["rm_score"] = (raw - state.reward_offset).mean()
+    stats["rm_score"] = (raw - state.reward_offset).mean()  # in the reward model's units
     if spec.truncated == "mask":
         mask = mask * (1.0 - cut.astype(jnp.float32))[:, None]
 
