@@ -48,6 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.workdir = workdir_lib.model_workdir(args.workdir)  # a pipeline: its last chat stage
     check_sampling_flags(args.temperature, args.top_k, args.top_p)
     model = workdir_lib.load(args.workdir)
     block = model.cfg.block_size

@@ -17,7 +17,7 @@ from gptjax.data import formats
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
-STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo")
+STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo", "pipeline")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
 LORA_STAGES = ("sft", "reward", "dpo", "grpo", "ppo")  # the stages that train LoRA adapters
@@ -43,8 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     # A `prepare` stage's workdir (or its prepared/ folder): pretrain on its token shards with
     # its tokenizer instead of text_path's characters.
     c.data.prepared_dir = ""
-    # sft / reward: the folder holding the data sets, and which of them to use with what weight
-    c.data.root = "../shared/data"
+    # sft / reward / ppo: the folder holding the named data sets ("" = the small subsets shipped
+    # in the package, gptjax/data/shipped.py; e.g. ../shared/data for the full sets), and which
+    # of them to use with what weight
+    c.data.root = ""
     # sft: e.g. "topical-chat:1,gsm8k:0.5"; reward: e.g. "hh-rlhf"; ppo: preference data whose
     # prompts are the PPO prompts (e.g. "hh-rlhf" or a .jsonl file; answers unused). An entry
     # may be a path, glob or folder of .jsonl / .jsonl.gz / .parquet files (your own data).
@@ -53,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     # messages, prompt_completion, alpaca, sharegpt (gptjax/data/formats.py)
     c.data.format = ""
     c.data.max_examples = 0  # reward: cap on records per data set (0 = all)
+    c.data.skip_examples = 0  # reward: records of each data set skipped before that cap (so two
+    # reward models can learn from disjoint parts of one set: a judge and the one PPO optimises)
 
     c.reward = ml_collections.ConfigDict()
     # After training, subtract the mean reward of the init model's own answers to this many
@@ -81,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     # <workdir>/corrupt_checkpoints/ (gptjax/checkpoint.py).
     c.train.resume = "latest"
     c.train.progress = True  # progress bar on stderr
+    c.train.progress_label = ""  # the bar's label; "" = the stage's name (a pipeline: "[3/8] sft")
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 6e-4
@@ -363,8 +368,8 @@ POSITIVE = (("train", "steps"), ("train", "batch_size"), ("train", "grad_accum")
             ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
             ("optim", "decay_steps"), ("reward", "normalize_max_new_tokens"))
 NON_NEGATIVE = (("seed",), ("data", "seq_len"), ("data", "max_examples"),
-                ("optim", "warmup_steps"), ("optim", "lr"), ("optim", "min_lr"),
-                ("optim", "weight_decay"), ("optim", "grad_clip"),
+                ("data", "skip_examples"), ("optim", "warmup_steps"), ("optim", "lr"),
+                ("optim", "min_lr"), ("optim", "weight_decay"), ("optim", "grad_clip"),
                 ("reward", "normalize_prompts"), ("ppo", "max_prompt_tokens"), ("ppo", "top_k"))
 MODEL_POSITIVE = ("block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
 

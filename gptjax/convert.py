@@ -38,6 +38,8 @@ from safetensors.numpy import save_file
 
 from gptjax import workdir as workdir_lib
 from gptjax.cli import ArgumentParser, check_output_dir, exit_on_user_error
+from gptjax.data.hf_tokenizer import HFTokenizer
+from gptjax.data.tokenizer import save_tokenizer
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
@@ -244,9 +246,10 @@ def _has_checkpoints(workdir: str) -> bool:
         n.isdigit() for n in os.listdir(directory))
 
 
-def from_hf(hf_dir: str, workdir: str) -> None:
+def from_hf(hf_dir: str, workdir: str) -> bool:
     """Write a gptjax workdir (config.json + a step-0 checkpoint of the full train state) from
-    Hugging Face GPT-2 weights, so `python -m gptjax.train --workdir DIR` resumes from them."""
+    Hugging Face GPT-2 weights, so `python -m gptjax.train --workdir DIR` resumes from them,
+    and its tokenizer.json from the folder's tokenizer files when it has them (True then)."""
     import jax
     import jax.numpy as jnp
 
@@ -256,6 +259,10 @@ def from_hf(hf_dir: str, workdir: str) -> None:
     from gptjax.loops import pretrain
 
     m = read_hf_config(hf_dir)
+    tok = HFTokenizer.from_folder(hf_dir)  # GPT-2's vocabulary, read by HF `tokenizers`
+    if tok is not None and tok.vocab_size > m.vocab_size:
+        raise GptjaxError(f"the tokenizer in {hf_dir} has {tok.vocab_size} tokens but the model "
+                          f"only {m.vocab_size} embedding rows: they do not belong together")
     check_output_dir(workdir, "--workdir")
     if _has_checkpoints(workdir):
         directory = os.path.join(workdir, "checkpoints")
@@ -292,6 +299,8 @@ def from_hf(hf_dir: str, workdir: str) -> None:
                           "of gptjax.loops.pretrain.build; please report it.")
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_config(config, workdir)
+    if tok is not None:
+        save_tokenizer(tok, os.path.join(workdir, workdir_lib.TOKENIZER_FILE))
     # The pretrain stage resumes {state, data position}: no data is consumed yet, so the saved
     # position is that of a fresh training iterator (its state is the next batch index, 0).
     seq_len, procs = config_lib.seq_len(config), jax.process_count()
@@ -303,6 +312,7 @@ def from_hf(hf_dir: str, workdir: str) -> None:
         ckpt.wait()
     finally:
         ckpt.close()
+    return tok is not None
 
 
 def read_workdir_model(workdir: str) -> GPTConfig:
@@ -357,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
                            help="write DIR's LoRA-adapted model as a plain workdir")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.from_hf is not None:
-        from_hf(args.from_hf, args.workdir)
-        print(f"wrote {args.workdir}: config.json and a step-0 checkpoint from {args.from_hf}")
+        with_tok = from_hf(args.from_hf, args.workdir)
+        print(f"wrote {args.workdir}: config.json and a step-0 checkpoint from {args.from_hf}"
+              + ("; tokenizer.json from its tokenizer files" if with_tok else
+                 " (it has no tokenizer.json or vocab.json + merges.txt: sample, chat and "
+                 "fine-tuning need one)"))
     elif args.merge_lora is not None:
         step = workdir_lib.merge_lora(args.workdir, args.merge_lora)
         print(f"wrote {args.merge_lora}: a plain workdir of {args.workdir}'s adapters merged "

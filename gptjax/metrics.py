@@ -112,11 +112,12 @@ def _abandon(tb: Any) -> None:
 class Progress:
     """A tqdm bar with loss, tokens/s and ETA; silent when disabled or not process 0."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str | None = None):
         self.bar = None
         if enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                            desc=desc,
                             file=sys.stderr, mininterval=1.0, smoothing=0.1)
 
     def update(self, step: int, **postfix: Any) -> None:

@@ -36,6 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.workdir = workdir_lib.model_workdir(args.workdir)  # a pipeline: its last chat stage
     if not args.prompt:
         raise GptjaxError("--prompt is empty: give some text for the model to continue")
     if args.num_samples < 1 or args.max_new_tokens < 1:

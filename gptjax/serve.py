@@ -77,6 +77,7 @@ def _listen(host: str, port: int) -> socket.socket:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.workdir = workdir_lib.model_workdir(args.workdir)  # a pipeline: its last chat stage
     _check(args)
     import uvicorn  # the server's own imports wait until the flags are known to be good
 

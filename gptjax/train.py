@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "eval": "gptjax.loops.eval",
     "grpo": "gptjax.loops.grpo",
     "dpo": "gptjax.loops.dpo",
+    "pipeline": "gptjax.pipeline",  # the stages above in a row (configs/chatgpt_tiny.py)
 }
 
 USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ...] "
@@ -34,14 +35,9 @@ USAGE = ("usage: python -m gptjax.train --config configs/X.py [--config.a.b=v ..
 def run(config, workdir: str, dist: distributed.Options | None = None):
     """Run the stage the config names (callable from a notebook). `dist`: how to join a
     multi-process run; None reads GPTJAX_* variables and detects SLURM / TPU pod launches."""
-    from gptjax import config as config_lib, workdir as workdir_lib
-    # Bad input fails here, before any device, data or workdir is touched. (Fine-tuning stages
-    # take the model shape from init_from, so theirs is checked once it is loaded.)
-    config_lib.validate(config, shape=config.stage in ("prepare", "pretrain"))
-    check_output_dir(workdir, "--workdir")
-    workdir_lib.check_stage(workdir, config.stage)
-    if config.stage == "pretrain":  # (a fine-tuning stage's shape is init_from's: checked there)
-        workdir_lib.check_same_model(workdir, config.model.to_dict())
+    if config.stage == "pipeline":  # a chain of stages, each checked and dispatched as below
+        return importlib.import_module(STAGE_MODULES["pipeline"]).run(config, workdir, dist)
+    check_stage(config, workdir)
     if config.stage == "prepare":  # no devices: a data stage
         if distributed.is_multiprocess(dist):
             raise GptjaxError("stage 'prepare' runs as one process: start it once, without the "
@@ -59,6 +55,23 @@ def run(config, workdir: str, dist: distributed.Options | None = None):
                 else config.train.batch_size // max(config.train.grad_accum, 1))
         runtime.configure_cpu_devices(config.runtime.cpu_devices, rows)
         distributed.initialize(dist)
+    return dispatch(config, workdir)
+
+
+def check_stage(config, workdir: str) -> None:
+    """The checks a stage gets before it touches any device, data or workdir."""
+    from gptjax import config as config_lib, workdir as workdir_lib
+    # (Fine-tuning stages take the model shape from init_from, so theirs is checked once it is
+    # loaded.)
+    config_lib.validate(config, shape=config.stage in ("prepare", "pretrain"))
+    check_output_dir(workdir, "--workdir")
+    workdir_lib.check_stage(workdir, config.stage)
+    if config.stage == "pretrain":  # (a fine-tuning stage's shape is init_from's: checked there)
+        workdir_lib.check_same_model(workdir, config.model.to_dict())
+
+
+def dispatch(config, workdir: str):
+    """The stage module's `run(config, workdir)`, in a process whose devices are set up."""
     # (validate accepted config.stage: it is one of config.STAGES, each a module here)
     return importlib.import_module(STAGE_MODULES[config.stage]).run(config, workdir)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -30,6 +31,7 @@ from gptjax.optim import make_optimizer
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+PIPELINE_STAGE_FILE = "pipeline_stage.json"  # a pipeline stage's marker: its config, done, times
 # A LoRA workdir's base: {"init_from": absolute path, "step": its checkpoint, "base_key": None
 # (the base is a GPT tree) or the key it sits under ("trunk"), "full": keys trained in full}
 LORA_BASE_FILE = "lora_base.json"
@@ -43,7 +45,9 @@ class TrainedModel:
     step: int
 
 
-LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo", "grpo", "dpo")  # workdirs whose `params` are a GPT
+# workdirs whose `params` are a GPT
+LANGUAGE_MODEL_STAGES = ("pretrain", "sft", "ppo", "grpo", "dpo")
+CHAT_STAGES = ("sft", "ppo", "grpo", "dpo")  # ... trained to answer in turns
 # Model options that change how a model runs, not its parameters (a run may change them).
 RUNTIME_FIELDS = ("dropout", "dtype", "remat", "attention")
 
@@ -124,6 +128,33 @@ def model_config(workdir: str) -> GPTConfig:
 def stage(workdir: str) -> str:
     """The stage that trained the workdir ('pretrain', 'sft', 'reward', ...)."""
     return run_config(workdir).get("stage", "pretrain")
+
+
+def pipeline_stages(workdir: str) -> list[tuple[str, str, bool]]:
+    """(name, stage kind, finished) of each stage of a pipeline workdir, in its order."""
+    cfg = run_config(workdir)
+    out = []
+    for name in cfg.get("order", []):
+        mark = read_json(os.path.join(workdir, name), PIPELINE_STAGE_FILE) or {}
+        out.append((name, cfg["stages"][name]["stage"], bool(mark.get("done"))))
+    return out
+
+
+def model_workdir(workdir: str) -> str:
+    """The workdir holding the model a command should use: `workdir` itself, or for a pipeline
+    workdir the folder of its last finished chat stage (a language model if it has none)."""
+    if stage(workdir) != "pipeline":
+        return workdir
+    stages = pipeline_stages(workdir)
+    for kinds in (CHAT_STAGES, LANGUAGE_MODEL_STAGES):
+        done = [name for name, kind, finished in stages if finished and kind in kinds]
+        if done:
+            chosen = os.path.join(workdir, done[-1])
+            print(f"gptjax: {workdir} is a pipeline: using its stage {done[-1]} ({chosen})",
+                  file=sys.stderr)
+            return chosen
+    raise GptjaxError(f"{workdir} is a pipeline none of whose language-model stages has "
+                      "finished yet; rerun the pipeline, then try again")
 
 
 def check_stage(workdir: str, stage_name: str) -> None:

@@ -67,6 +67,32 @@ def trained(tmp_path_factory):
     return str(wd)
 
 
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory, worker_id):
+    """The README's first pipeline made small (tests/pipeline_small.py), run once per test
+    session through the CLI and shared by every xdist worker: (workdir, its stderr, the JAX
+    compilation cache folder later runs may share). Tests that change it work on a copy."""
+    import json
+
+    from filelock import FileLock
+
+    import pipeline_small
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    base = root / "small_pipeline"
+    with FileLock(str(base) + ".lock"):
+        done = base / "done.json"
+        if not done.exists():
+            cache, wd = base / "compile_cache", base / "chatgpt"
+            r = run_cli("gptjax.train", "--config", pipeline_small.CONFIG, "--workdir", str(wd),
+                        *pipeline_small.flags(compile_cache=str(cache)), timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+            done.write_text(json.dumps({"workdir": str(wd), "stderr": r.stderr,
+                                        "cache": str(cache)}))
+        out = json.loads(done.read_text())
+    return out["workdir"], out["stderr"], out["cache"]
+
+
 @pytest.fixture
 def tiny_config():
     return load_config("tiny")

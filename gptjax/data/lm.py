@@ -9,6 +9,7 @@ rows of it. Validation uses a fixed set of evenly spaced windows of the held-out
 from __future__ import annotations
 
 import hashlib
+import gzip
 import importlib.resources
 import json
 import os
@@ -35,13 +36,19 @@ def embedded_text_path() -> str:
 
 
 def read_text(path: str) -> str:
-    """Read a UTF-8 text file, with one clear error for missing, empty or non-UTF-8 input."""
+    """Read a UTF-8 text file (gzip-compressed if its name ends with .gz), with one clear error
+    for missing, empty or non-UTF-8 input."""
     if not os.path.isfile(path):
         what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
         raise GptjaxError(f"data file {path!r} {what}. Set --config.data.text_path to a UTF-8 "
                           "text file, or leave it empty for the shipped Tiny Shakespeare.")
     with open(path, "rb") as f:
         raw = f.read()
+    if path.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise GptjaxError(f"data file {path!r} is not a readable gzip file ({e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -24,7 +24,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from gptjax.data import formats, sources
+from gptjax.data import formats, shipped, sources
 from gptjax.data.chat import Conversation, parse_human_assistant, render
 from gptjax.data.sources import split
 from gptjax.data.tokenizer import Tokenizer
@@ -72,7 +72,7 @@ def read_finegrained(root: str) -> list[Preference]:
     (1vs2, 1vs3, 1vs4, 2vs3, 2vs4, 3vs4: 1 = first better, 2 = second, 0 = no preference).
     The comparisons are used directly, so non-transitive judgements need no ranking."""
     path, = sources.dataset_files(root, "finegrained-rlhf")
-    with open(path, encoding="utf-8") as f:
+    with shipped.open_text(path) as f:
         data = json.load(f)
     order = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     out = []
@@ -221,12 +221,15 @@ class RewardData:
 
 
 def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: float,
-         max_examples: int = 0) -> RewardData:
+         max_examples: int = 0, skip_examples: int = 0) -> RewardData:
+    """The encoded records of each data set of the mixture: records [skip, skip + max) of each
+    (max 0 = to the end), split into training and held-out parts."""
     weights = dict(parse_mixture(mixture))
     raw = {name: read_source(name, root) for name in weights}
     k_max = max((len(r.answers) for recs in raw.values() for r in recs), default=2)
     data = RewardData([], [], [], [], k_max, {})
     for name, recs in raw.items():
+        recs = recs[skip_examples:]
         if max_examples:
             recs = recs[:max_examples]
         # Split the encodable records, so the held-out part never ends up all unusable.

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from gptjax.data import addition, formats, sources
+from gptjax.data import addition, formats, shipped, sources
 from gptjax.data.chat import Conversation, parse_human_assistant, render
 from gptjax.data.sources import split
 from gptjax.data.tokenizer import Tokenizer
@@ -61,7 +61,7 @@ def read_topical_chat(root: str) -> list[Conversation]:
     """Topical-Chat (knowledge-grounded chit-chat between two crowd workers)."""
     out = []
     for path in sources.dataset_files(root, "topical-chat"):
-        with open(path, encoding="utf-8") as f:
+        with shipped.open_text(path) as f:
             data = json.load(f)
         for key in sorted(data):
             out.append(_alternating([t["message"] for t in data[key]["content"]]))
@@ -72,7 +72,7 @@ def read_kdconv(root: str) -> list[Conversation]:
     """KdConv (Chinese knowledge-driven dialogues: film, music, travel)."""
     out = []
     for path in sources.dataset_files(root, "kdconv"):
-        with open(path, encoding="utf-8") as f:
+        with shipped.open_text(path) as f:
             for conv in json.load(f):
                 out.append(_alternating([m["message"] for m in conv["messages"]]))
     return out
@@ -82,7 +82,7 @@ def read_gsm8k(root: str) -> list[Conversation]:
     """GSM8K train split: the question as the user turn, the worked answer as the reply."""
     out = []
     path, = sources.dataset_files(root, "gsm8k")
-    with open(path, encoding="utf-8") as f:
+    with shipped.open_text(path) as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
@@ -95,7 +95,7 @@ def read_self_instruct(root: str) -> list[Conversation]:
     """Self-Instruct's 175 human-written seed tasks: instruction (+ input) -> output."""
     out = []
     path, = sources.dataset_files(root, "self-instruct")
-    with open(path, encoding="utf-8") as f:
+    with shipped.open_text(path) as f:
         for line in f:
             if not line.strip():
                 continue

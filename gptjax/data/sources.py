@@ -18,9 +18,11 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from gptjax.data import shipped
 from gptjax.errors import GptjaxError
 
-# The named data sets: their files under data.root (the repository's ../shared/data).
+# The named data sets: their files under data.root ("" = the subsets shipped in the package,
+# gptjax/data/shipped.py; the repository's ../shared/data has the full sets).
 DATASETS: dict[str, tuple[str, ...]] = {
     "hh-rlhf": ("hh-rlhf-harmless-base-test/test.jsonl.gz",),
     "topical-chat": tuple(f"topical-chat/{n}.json"
@@ -36,17 +38,21 @@ _LOOKS_LIKE_FILE = (*FILE_SUFFIXES, ".json", ".gz", ".txt", ".csv")
 
 
 def need(path: str) -> str:
-    """The path of a named data set's file, or a clear error pointing at data.root."""
-    if not os.path.isfile(path):
+    """The path of a named data set's file (or of its `.gz` copy, as the package ships some),
+    or a clear error pointing at data.root."""
+    found = shipped.resolve(path)
+    if found is None:
         what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
         raise GptjaxError(f"data file {path} {what}; set --config.data.root to the folder "
-                          "holding the data sets (the repository's ../shared/data)")
-    return path
+                          "holding the data sets (\"\" = the subsets shipped in the package; "
+                          "the repository's ../shared/data has the full sets)")
+    return found
 
 
 def dataset_files(root: str, name: str) -> list[str]:
-    """The files of named data set `name` under root, each checked to exist."""
-    return [need(os.path.join(root, rel)) for rel in DATASETS[name]]
+    """The files of named data set `name` under root ("" = the package's), each checked to
+    exist."""
+    return [need(os.path.join(shipped.data_root(root), rel)) for rel in DATASETS[name]]
 
 
 def split(items: list, val_fraction: float) -> tuple[list, list]:

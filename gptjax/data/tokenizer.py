@@ -230,6 +230,9 @@ def tokenizer_from_json(spec: dict, where: str = "tokenizer spec") -> Tokenizer:
         return CharTokenizer(spec["chars"], spec.get("specials", ()))
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(spec["model_proto"]))
+    if kind == "hf":  # a Hugging Face tokenizer (GPT-2's), from `convert --from-hf`
+        from gptjax.data.hf_tokenizer import HFTokenizer
+        return HFTokenizer(spec["tokenizer"])
     raise GptjaxError(f"{where} has unknown tokenizer type {kind!r}")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from gptjax.data import preferences, sft as sft_data
+from gptjax.data import preferences, sft as sft_data, shipped
 from gptjax.data.chat import Conversation
 from gptjax.errors import GptjaxError
 
@@ -65,7 +65,7 @@ def load(name: str, root: str, val_fraction: float, limit: int = 0) -> list[Conv
         prompts = read_jsonl(name)
     elif name in ("mt-bench", "vicuna"):
         file = "mt_bench_question.jsonl" if name == "mt-bench" else "vicuna_bench_question.jsonl"
-        path = os.path.join(root, "mt-bench", file)
+        path = os.path.join(shipped.data_root(root), "mt-bench", file)
         if not os.path.isfile(path):
             raise PromptSetError(f"{path} does not exist; set --config.data.root to the folder "
                                  "holding the data sets (the repository's ../shared/data)")

@@ -35,13 +35,14 @@ def heldout_records(workdir: str, mixture: str, root: str, split_name: str, tok,
         data_cfg = json.load(f).get("data", {})
     val_fraction = float(data_cfg.get("val_fraction", 0.1))
     max_examples = int(data_cfg.get("max_examples", 0))
+    skip_examples = int(data_cfg.get("skip_examples", 0))
     names = [n.strip() for n in mixture.split(",") if n.strip()]
     raw = {n: preferences.read_source(n, root) for n in names}
     k_max = max((len(r.answers) for recs in raw.values() for r in recs), default=2)
     out, stats = [], {}
     for name, recs in raw.items():
-        if split_name == "heldout" and max_examples:
-            recs = recs[:max_examples]
+        if split_name == "heldout":  # the records the reward run read: [skip, skip + max)
+            recs = recs[skip_examples:][:max_examples or None]
         encoded, skipped = preferences.encode_all(recs, tok, seq_len, k_max)
         kept = split(encoded, val_fraction)[1] if split_name == "heldout" else encoded
         stats[name] = {"records": len(recs), "evaluated": len(kept), "not_encodable": skipped}

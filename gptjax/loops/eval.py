@@ -29,6 +29,7 @@ import ml_collections
 from gptjax import config as config_lib
 from gptjax import reward_model
 from gptjax import workdir as workdir_lib
+from gptjax.data import shipped
 from gptjax.data.chat import Conversation
 from gptjax.errors import GptjaxError
 from gptjax.evals import answers as ans, degeneration, gsm8k, judge as judge_lib
@@ -189,7 +190,7 @@ def win_rate_task(config: ml_collections.ConfigDict, judge: judge_lib.Judge | No
 
 def gsm8k_task(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[dict]]:
     e, g = config.eval, config.eval.gsm8k
-    path = g.path or os.path.join(config.data.root, "gsm8k", "test.jsonl")
+    path = g.path or os.path.join(shipped.data_root(config.data.root), "gsm8k", "test.jsonl")
     rows = gsm8k.read(path, g.max_questions)
     s = ans.Sampling(g.max_new_tokens, 0.0, 0, 1.0, 1, config.seed, e.batch_size)  # greedy
     out, answer_rows = {}, []

@@ -25,7 +25,7 @@ from gptjax import reward_model as rm
 from gptjax import workdir as workdir_lib
 from gptjax.data import preferences
 from gptjax.loops import finetune, supervised, trainer, tuning
-from gptjax.model import RewardModel
+from gptjax.model import GPTConfig, RewardModel
 
 
 def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
@@ -42,11 +42,29 @@ def heldout_accuracy(params, cfg, val: list) -> dict[str, float]:
             "stderr": math.sqrt(acc * (1 - acc) / max(pairs, 1))}
 
 
+def stage(config: ml_collections.ConfigDict, cfg: GPTConfig, k_max: int) -> trainer.Stage:
+    """The reward-model stage of trunk shape `cfg` on batches of prompts with k_max answers each,
+    without data or a start: what `gptjax.aot` compiles (the full model, no LoRA)."""
+    seq_len = config_lib.seq_len(config)
+    model = RewardModel(cfg)
+
+    def init(r):
+        tokens, lengths = jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1,), jnp.int32)
+        return model.init(r, tokens, lengths)["params"]
+
+    return supervised.loss_stage(
+        config, "reward", init, rm.rm_loss_fn(model, cfg.dropout > 0),
+        tokens_per_step=config.train.batch_size * k_max * seq_len,
+        flops_per_token=cfg.flops_per_token(seq_len),
+        num_params=cfg.num_params(non_embedding=False))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
     s = finetune.start(config, workdir)
     tcfg, seq_len = config.train, config_lib.seq_len(config)
     data = preferences.load(config.data.root, config.data.mixture, s.tokenizer, seq_len,
-                            config.data.val_fraction, config.data.max_examples)
+                            config.data.val_fraction, config.data.max_examples,
+                            config.data.skip_examples)
     workdir_lib.write_json(workdir, "data_stats.json", data.stats)
     model = RewardModel(s.cfg)
 

@@ -20,7 +20,7 @@ from gptjax import losses
 from gptjax import workdir as workdir_lib
 from gptjax.data import sft as sft_data
 from gptjax.loops import finetune, supervised, trainer, tuning
-from gptjax.model import GPT
+from gptjax.model import GPT, GPTConfig
 
 
 def sft_loss_fn(model: GPT, dropout: bool):
@@ -37,6 +37,19 @@ def sft_loss_fn(model: GPT, dropout: bool):
                              deterministic=rngs is None, rngs=rngs)
         return losses.sft_loss(logits, batch["tokens"][:, 1:], batch["weights"][:, 1:]), {}
     return loss_fn
+
+
+def stage(config: ml_collections.ConfigDict, cfg: GPTConfig) -> trainer.Stage:
+    """The SFT stage of model `cfg` on packed batches, without data or a start: what
+    `gptjax.aot` compiles (the full model, no LoRA)."""
+    seq_len = config_lib.seq_len(config)
+    model = GPT(cfg)
+    return supervised.loss_stage(
+        config, "sft", lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        sft_loss_fn(model, dropout=cfg.dropout > 0),
+        tokens_per_step=config.train.batch_size * seq_len,
+        flops_per_token=cfg.flops_per_token(seq_len),
+        num_params=cfg.num_params(non_embedding=False))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:

@@ -68,8 +68,11 @@ def layout_of(config: ml_collections.ConfigDict, devices: Any = None) -> Layout:
 
 def abstract_layout(init: Callable[[jax.Array], Any], layout: Layout) -> tuple[Any, Any]:
     """(abstract pytree with shardings, shardings) of what `init` builds, from its logical names."""
+    # The key is made outside the mesh: under a mesh of a TPU topology's devices (an AOT compile
+    # on a CPU host) nothing may run eagerly.
+    key = jax.random.key(0)
     with sharding.activated(layout.mesh, layout.rules):
-        boxed = jax.eval_shape(init, jax.random.key(0))
+        boxed = jax.eval_shape(init, key)
     shardings = sharding.logical_shardings(boxed, layout.mesh, layout.rules)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             nn.unbox(boxed), shardings)
@@ -158,7 +161,8 @@ class _Log:
                  step: int, saver: Saver):
         self.tcfg, self.stage, self.saver = config.train, stage, saver
         chief = jax.process_index() == 0
-        self.progress = Progress(self.tcfg.steps, step, enabled=self.tcfg.progress and chief)
+        self.progress = Progress(self.tcfg.steps, step, enabled=self.tcfg.progress and chief,
+                                 desc=self.tcfg.progress_label or stage.name)
         self.writer = MetricsWriter(workdir, enabled=chief)
         self.note = self.progress.write if chief else (lambda _: None)
         peak, self.peak_source = peak_flops_per_device()
