@@ -20,7 +20,8 @@ from gptjax.model import GPTConfig
 STAGES = ("prepare", "pretrain", "sft", "reward", "ppo", "eval", "grpo", "dpo", "pipeline")
 TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/iteration.py)
 DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
-LORA_STAGES = ("sft", "reward", "dpo")  # the stages that train LoRA adapters (lora.rank > 0)
+LORA_STAGES = ("sft", "reward", "dpo", "grpo", "ppo")  # the stages that train LoRA adapters
+RL_LORA_STAGES = ("grpo", "ppo")  # ... whose ratio pi / pi_old needs the adapters without dropout
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -195,7 +196,8 @@ def dpo_config() -> ml_collections.ConfigDict:
 
 
 def lora_config() -> ml_collections.ConfigDict:
-    """LoRA adapters (gptjax/lora.py) for the fine-tuning stages sft, reward and dpo: rank 0 =
+    """LoRA adapters (gptjax/lora.py) for the fine-tuning stages sft, reward, dpo, grpo, ppo:
+    rank 0 =
     full fine-tuning; rank r > 0 freezes the init model and trains, on each targeted projection
     W, a low-rank update (alpha / r) A B (A: in x r, B: r x out). Only the adapters (and the
     reward model's new head) are checkpointed; `python -m gptjax.convert --merge-lora` writes
@@ -480,6 +482,10 @@ def validate_lora(config: ml_collections.ConfigDict) -> None:
         raise GptjaxError(f"lora.alpha={lo.alpha} must be > 0")
     if not 0.0 <= lo.dropout < 1.0:
         raise GptjaxError(f"lora.dropout={lo.dropout} must be in [0, 1)")
+    if lo.dropout and config.stage in RL_LORA_STAGES:
+        raise GptjaxError(f"lora.dropout={lo.dropout}: stage {config.stage!r} samples and scores "
+                          "with the same network, so its adapters run without dropout (as TRL "
+                          "disables dropout in RL); set lora.dropout=0")
     if not [t for t in str(lo.targets).split(",") if t.strip()]:
         raise GptjaxError("lora.targets is empty; name the projections to adapt, e.g. "
                           "attn/c_attn,attn/c_proj,mlp/c_fc,mlp/c_proj")

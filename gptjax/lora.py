@@ -20,7 +20,9 @@ A stage differentiates the adapters only and passes the base to `model.apply` as
 model, so the base has no gradient and no optimizer state; with the adapters off (outside the
 context) the same base tree is the reference model of PPO / GRPO / DPO, with no second copy.
 Use `attached` inside the traced function (a loss, a jitted phase): what it adds is traced
-into the program.
+into the program. Not around `sampling.generate`: the decoder is a jit of its own whose trace
+cache does not see the interceptor (a cached base trace is reused); decode with `merge`d
+weights (gptjax/rl/policy.py).
 """
 
 from __future__ import annotations

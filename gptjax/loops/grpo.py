@@ -21,8 +21,13 @@ eval_unparsed, eval_length) and once sampled at the rollout's temperature (the s
 _sampled), and the first grpo.samples_logged greedy answers are appended to samples.jsonl.
 
 With epochs = num_minibatches = 1 the update is on-policy: pi_old is pi itself (stop-gradient),
-so the scoring phase skips the old log-probs' forward, as TRL does. With beta = 0 and no reward
-model there is no frozen model at all.
+so the scoring phase skips the old log-probs' forward, as TRL does. With beta = 0, no reward
+model and no LoRA there is no frozen model at all.
+
+LoRA (lora.rank > 0; `gptjax.rl.policy`): the state's params are the adapters (and the
+`lora.train` groups); the SFT model is the frozen model frozen['ref'], at once the reference
+(adapters off: no second copy of the weights) and the policy's base (adapters on). The rollout
+and the evaluation decode with the merged weights.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import json
 import os
 from typing import Any
 
+import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -42,10 +48,11 @@ from gptjax import reward_model, sampling, step as step_lib
 from gptjax import workdir as workdir_lib
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
 from gptjax.errors import GptjaxError
-from gptjax.loops import finetune, trainer
+from gptjax.loops import finetune, trainer, tuning
 from gptjax.model import GPT, GPTConfig, ValueModel
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.rl import grpo, monitors, ppo, rollout, tasks, verifiers
+from gptjax.rl import policy as pol
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -77,6 +84,7 @@ class Setup:
     test: tasks.Encoded
     rc: rollout.RolloutConfig
     hp: grpo.GRPOConfig
+    init_step: int = 0  # the SFT checkpoint's step (a LoRA workdir's lora_base.json records it)
 
 
 def load_reward(where: str, tok: Tokenizer, cfg: GPTConfig) -> reward_model.Scorer:
@@ -122,7 +130,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         samples_per_prompt=g.samples_per_prompt, max_new_tokens=n_new, temperature=g.temperature,
         top_k=g.top_k, top_p=g.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
     return Setup(s.cfg, s.tokenizer, s.params, weights, scorer and scorer.cfg,
-                 scorer and jax.device_get(scorer.params), task, train, test, rc, hparams(config))
+                 scorer and jax.device_get(scorer.params), task, train, test, rc, hparams(config),
+                 s.init_step)
 
 
 def masked(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -139,7 +148,13 @@ def decode_answers(tok: Tokenizer, tokens: np.ndarray, lengths: np.ndarray, eos:
     return out
 
 
-def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
+def sft(frozen: dict[str, Any] | None) -> Any:
+    """The frozen SFT model (the reference; under LoRA the policy's base), None without one."""
+    return None if frozen is None else frozen.get("ref")
+
+
+def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
+                policy: pol.Policy):
     """(rollout, reward [host], scoring, update) as trainer Phases."""
     cfg, rc, hp, n = su.cfg, su.rc, su.hp, su.rc.max_new_tokens
     mesh, rules = layout.mesh, layout.rules
@@ -147,18 +162,18 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
     on_policy = hp.epochs * hp.num_minibatches == 1
     rm_weight = su.weights.get("reward_model", 0.0)
 
-    def forward(params, inputs):
-        return rollout.policy_logprobs(params, cfg, inputs["tokens"], inputs["prompt_lengths"],
-                                       n, with_entropy=True)
-
-    loss_fn = grpo.make_loss_fn(forward, hp, on_policy=on_policy)
+    def loss_fn_of(frozen):
+        def forward(params, inputs):
+            return policy.logprobs(params, sft(frozen), inputs["tokens"],
+                                   inputs["prompt_lengths"], n, with_entropy=True)
+        return grpo.make_loss_fn(forward, hp, on_policy=on_policy)
 
     def keys(state):
         return jax.random.split(jax.random.fold_in(base, state.step))
 
     def rollout_phase(state, batch, frozen=None):
-        s = rollout.sample(state.params, cfg, batch["prompts"], batch["lengths"], keys(state)[0],
-                           rc, mesh, rules)
+        s = rollout.sample(policy.sampling_params(state.params, sft(frozen)), cfg,
+                           batch["prompts"], batch["lengths"], keys(state)[0], rc, mesh, rules)
         return {"tokens": s.tokens, "prompt_lengths": s.prompt_lengths,
                 "response_lengths": s.response_lengths,
                 "index": jnp.repeat(batch["index"], rc.samples_per_prompt)}
@@ -175,7 +190,7 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
         cut = monitors.truncated(tokens[:, -n:], rlen, rc.eos_id)
         # pi's own log-probs: pi_old of an off-policy update, or the KL put in the reward
         need_logp = not on_policy or (hp.beta and hp.kl_in == "reward")
-        logp = (masked(rollout.policy_logprobs(state.params, cfg, tokens, plen, n)[0], mask)
+        logp = (masked(policy.logprobs(state.params, sft(frozen), tokens, plen, n)[0], mask)
                 if need_logp else None)
         ref = jnp.zeros(mask.shape, jnp.float32)
         if hp.beta:
@@ -197,7 +212,7 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
 
     def update_phase(state, carry, frozen=None):
         params, opt_state, m = ppo.ppo_update(state.params, state.opt_state, carry["batch"],
-                                              loss_fn, tx, keys(state)[1], hp.epochs,
+                                              loss_fn_of(frozen), tx, keys(state)[1], hp.epochs,
                                               hp.num_minibatches)
         metrics = {**carry["stats"], **m,
                    "lr": schedule(state.step * hp.epochs * hp.num_minibatches)}
@@ -207,17 +222,17 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout):
             trainer.Phase("scoring", scoring_phase), trainer.Phase("update", update_phase))
 
 
-def make_eval(su: Setup, seed: int, layout: trainer.Layout):
+def make_eval(su: Setup, seed: int, layout: trainer.Layout, policy: pol.Policy):
     """eval(state, data[, frozen]) -> one greedy and one sampled answer (the rollout's
     temperature) to each held-out prompt; the sampling key is fold_in(seed, step)."""
     n = su.rc.max_new_tokens
     base = jax.random.fold_in(jax.random.key(seed), 0x4556)
 
     def eval_fn(state, data, frozen=None):
-        out = {}
+        out, params = {}, policy.sampling_params(state.params, sft(frozen))
         for mode, t in (("greedy", 0.0), ("sampled", su.rc.temperature)):
             rc = dataclasses.replace(su.rc, samples_per_prompt=1, temperature=t)
-            s = rollout.sample(state.params, su.cfg, data["prompts"], data["lengths"],
+            s = rollout.sample(params, su.cfg, data["prompts"], data["lengths"],
                                jax.random.fold_in(base, state.step), rc, layout.mesh,
                                layout.rules)
             out.update({f"{mode}_tokens": s.tokens[:, -n:], f"{mode}_lengths": s.response_lengths})
@@ -253,6 +268,11 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
     width, k = prompt_width(config), int(g.samples_per_prompt)
     pidx, pcount = jax.process_index(), jax.process_count()
     tx = make_optimizer(config.optim)
+    one = jnp.zeros((1, 1), jnp.int32)
+    # full: params = the GPT tree; LoRA: params = the adapters, the SFT model frozen (below)
+    tune = tuning.make(config, workdir, GPT(su.cfg), (one,), su.policy, lambda: su.policy,
+                       su.init_step)
+    policy = pol.Policy(su.cfg, tune.spec)
     order = grain.MapDataset.range(len(su.train.ids)).shuffle(seed=seed).repeat()
 
     def mine(x: np.ndarray) -> np.ndarray:  # this process's rows
@@ -264,12 +284,13 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
         tokens, lengths = sampling.left_pad([su.train.ids[i] for i in idx], width)
         return {"prompts": mine(tokens), "lengths": mine(lengths), "index": mine(idx)}
 
-    needs = {"ref": bool(su.hp.beta), "reward": su.reward is not None}
+    # the reference; under LoRA also the policy's base (the whole SFT model, so the reference
+    # keeps the SFT values of the groups lora.train trains in full)
+    needs = {"ref": bool(su.hp.beta) or tune.spec is not None, "reward": su.reward is not None}
     frozen = None
     if any(needs.values()):
         def frozen_init(rng):
             k1, k2 = jax.random.split(rng)
-            one = jnp.zeros((1, 1), jnp.int32)
             out = {}
             if needs["ref"]:
                 out["ref"] = GPT(su.cfg).init(k1, one)["params"]
@@ -286,25 +307,30 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
         n_eval = -(-len(su.test.ids) // b) * b  # rows: a multiple of the prompt batch
         tokens, lengths = sampling.left_pad(
             [su.test.ids[i % len(su.test.ids)] for i in range(n_eval)], width)
-        ev = trainer.Eval(make=lambda layout: make_eval(su, seed, layout),
+        ev = trainer.Eval(make=lambda layout: make_eval(su, seed, layout, policy),
                           data={"prompts": mine(tokens), "lengths": mine(lengths)}, leading=0,
                           at_start=bool(g.eval_at_start),
                           report=lambda step, out: report_eval(workdir, su, g.samples_logged,
                                                                step, out))
+    def start(params):
+        if tune.spec is None:  # the SFT model's parameters, copied (the reference keeps its own)
+            return step_lib.train_state(jax.tree.map(jnp.copy, params), tx)
+        # fresh adapters (B = 0: the policy starts as the SFT model exactly)
+        return step_lib.train_state(nn.unbox(tune.init(jax.random.key(seed))), tx)
+
     return trainer.Stage(
         name="grpo",
-        init=lambda rng: step_lib.train_state(
-            GPT(su.cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"], tx),
-        make_step=lambda layout: make_phases(su, tx, lr_schedule(config.optim), seed, layout),
+        init=lambda rng: step_lib.train_state(tune.init(rng), tx),
+        make_step=lambda layout: make_phases(su, tx, lr_schedule(config.optim), seed, layout,
+                                             policy),
         rows=b, rows_key="grpo.batch_prompts", data=trainer.Data(batch), frozen=frozen,
-        start=lambda params: step_lib.train_state(jax.tree.map(jnp.copy, params), tx),
-        initial=lambda: su.policy, eval=ev, finite=("loss", "reward"),
+        start=start, initial=tune.initial, eval=ev, finite=("loss", "reward"),
         show=("reward", "exact_match"), tokens_per_step=b * k * (width + su.rc.max_new_tokens),
         num_params=su.cfg.num_params(non_embedding=False),
         describe=(f"task {su.task.name}, {len(su.train.ids)} prompts, {b} x {k} answers of <= "
                   f"{su.rc.max_new_tokens} tokens per iteration, {su.hp.advantage} advantages "
                   f"scaled by {su.hp.scale}, beta {su.hp.beta} ({su.hp.kl_kind} in the "
-                  f"{su.hp.kl_in})"),
+                  f"{su.hp.kl_in}), {tune.describe()}"),
         fix_divergence="Lower optim.lr or raise grpo.beta, then rerun to resume from it.")
 
 

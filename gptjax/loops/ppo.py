@@ -22,7 +22,9 @@ sampled, appended to samples.jsonl with their scores.
 
 The checkpoint keeps the policy as the state's `params` (a GPT tree, what sample / chat /
 init_from read), the critic as `value_params`, one optimizer state over both, the step, beta and
-the reward offset.
+the reward offset. LoRA (lora.rank > 0; `gptjax.rl.policy`): `params` are the policy's adapters
+on the frozen SFT model frozen['ref'], which with the adapters off is the reference (no second
+copy); the critic still trains in full from the reward model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import math
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,10 +48,11 @@ from gptjax.data import lm as lm_data
 from gptjax.data.prompts import batch_indices, load_prompts
 from gptjax.data.tokenizer import END_OF_TURN, Tokenizer, special_id
 from gptjax.errors import GptjaxError
-from gptjax.loops import finetune, ptx, trainer
+from gptjax.loops import finetune, ptx, trainer, tuning
 from gptjax.model import GPT, GPTConfig, ValueModel
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.rl import iteration, monitors, ppo, rollout
+from gptjax.rl.policy import Policy
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -111,6 +115,7 @@ class Setup:
     prompts: list[list[int]]
     eval_prompts: list[list[int]]
     corpus: ptx.Corpus | None  # the pretraining data (ptx term, and its held-out loss in eval)
+    init_step: int = 0  # the SFT checkpoint's step (a LoRA workdir's lora_base.json records it)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -157,15 +162,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                           p.truncated_penalty, bool(p.normalize_scores), float(p.score_clip),
                           bool(p.center_critic), ptx=bool(p.ptx_coef))
     return Setup(spec, s.tokenizer, s.params, jax.device_get(scorer.params), scorer.offset,
-                 prompts, held[:p.eval_prompts], corpus)
+                 prompts, held[:p.eval_prompts], corpus, s.init_step)
 
 
-def _init(spec: iteration.Spec, tx: Any, kl: ppo.KLController, rng: jax.Array
-          ) -> iteration.PPOState:
+def _init(spec: iteration.Spec, tx: Any, kl: ppo.KLController, tune: tuning.Tuning,
+          rng: jax.Array) -> iteration.PPOState:
     """The state's shapes and logical names (for its layout)."""
     k1, k2 = jax.random.split(rng)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    policy = GPT(spec.cfg).init(k1, tokens)["params"]
+    policy = tune.init(k1)  # the GPT tree, or LoRA's adapters
     value = ValueModel(spec.value_cfg).init(k2, tokens)["params"]
     return iteration.PPOState(
         step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
@@ -185,6 +190,9 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
     width, seq_len = prompt_width(config), config_lib.seq_len(config)
     pidx, pcount = jax.process_index(), jax.process_count()
     tx, kl = make_optimizer(config.optim), kl_controller(config)
+    tune = tuning.make(config, workdir, GPT(spec.cfg), (jnp.zeros((1, 1), jnp.int32),),
+                       su.policy, lambda: su.policy, su.init_step)
+    policy = Policy(spec.cfg, tune.spec)
     r_ptx = ptx_rows(config)
     updates = p.epochs * p.num_minibatches
 
@@ -222,13 +230,15 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
 
     def start(frozen):
         # offset_prompts = 0: the reward workdir's own offset
+        adapters = None if tune.spec is None else nn.unbox(tune.init(jax.random.key(seed)))
         return iteration.initial_state(spec, tx, kl, frozen,
                                        jax.random.fold_in(jax.random.key(seed), 0x0FF5),
-                                       offset=None if p.offset_prompts else su.reward_offset)
+                                       offset=None if p.offset_prompts else su.reward_offset,
+                                       policy=policy, adapters=adapters)
 
     def make_step(layout: trainer.Layout):
         phases = iteration.make_phases(spec, tx, lr_schedule(config.optim), seed, layout.mesh,
-                                       layout.rules)
+                                       layout.rules, policy)
         return tuple(trainer.Phase(n, f) for n, f in zip(("rollout", "scoring", "update"),
                                                          phases))
 
@@ -240,14 +250,15 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
             val = np.stack(ptx_val_windows(su.corpus, seq_len, b, tcfg.eval_batches), 1)
             data["ptx_val"] = mine(val)
         ev = trainer.Eval(
-            make=lambda layout: iteration.make_eval(spec, seed, layout.mesh, layout.rules),
+            make=lambda layout: iteration.make_eval(spec, seed, layout.mesh, layout.rules,
+                                                    policy),
             data=data, leading=0, at_start=bool(p.eval_at_start),
             report=lambda step, out: report_eval(workdir, su, step, out))
     n_params = spec.cfg.num_params(non_embedding=False) + \
         spec.value_cfg.num_params(non_embedding=False)
     rows = b * p.samples_per_prompt
     return trainer.Stage(
-        name="ppo", init=lambda rng: _init(spec, tx, kl, rng), make_step=make_step,
+        name="ppo", init=lambda rng: _init(spec, tx, kl, tune, rng), make_step=make_step,
         rows=math.gcd(b, r_ptx) if spec.ptx else b,
         rows_key="ppo.batch_prompts" if not spec.ptx or r_ptx % b == 0 else "ppo.ptx_batch",
         data=trainer.Data(batch), frozen=trainer.Frozen(frozen_init, frozen_load), start=start,
@@ -257,7 +268,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
         describe=(f"{len(su.prompts)} prompts, {b} x {p.samples_per_prompt} answers of <= "
                   f"{spec.rc.max_new_tokens} tokens per iteration"
                   + (f", ptx {r_ptx} windows x {updates} steps, coef {p.ptx_coef}"
-                     if spec.ptx else "")),
+                     if spec.ptx else "") + f", policy: {tune.describe()}"),
         fix_divergence="Lower optim.lr or raise ppo.init_kl_coef, then rerun to resume from it.")
 
 

@@ -11,8 +11,9 @@
 
 The parameter tree is partitioned rather than masked (optax.masked / multi_transform would keep
 a frozen leaf in the optimized tree): the optimizer and the gradient see the trainable part
-only, so neither gradient buffers nor Adam moments exist for the base. SFT, the reward model
-and DPO build their stage from a Tuning (PPO and GRPO do not yet).
+only, so neither gradient buffers nor Adam moments exist for the base. SFT, the reward model,
+DPO, GRPO and PPO build their stage from a Tuning (the RL stages read it through
+`gptjax.rl.policy.Policy`, their frozen SFT model being both the base and the reference).
 """
 
 from __future__ import annotations

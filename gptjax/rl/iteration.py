@@ -35,11 +35,12 @@ import optax
 from gptjax import losses
 from gptjax.model import GPT, GPTConfig
 from gptjax.rl import monitors, ppo, rollout
+from gptjax.rl.policy import Policy
 
 @flax.struct.dataclass
 class PPOState:
     step: jax.Array  # int32 scalar: PPO iterations done
-    params: Any  # the policy (GPT tree): what sample / chat / init_from read from a checkpoint
+    params: Any  # the policy (GPT tree; LoRA: its adapters): what sample / chat / init_from read
     value_params: Any  # the critic (ValueModel tree: 'trunk', 'head')
     opt_state: Any  # one optimizer over {'policy': params, 'value': value_params}
     kl: ppo.KLController  # beta, a leaf; its rule is static (from the config)
@@ -65,11 +66,13 @@ class Spec:
 
 def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLController,
                   frozen: dict[str, Any], key: jax.Array, mesh: Any = None, rules: Any = None,
-                  offset: float | None = None) -> PPOState:
+                  offset: float | None = None, policy: Policy | None = None,
+                  adapters: Any = None) -> PPOState:
     """Step 0: policy = the SFT model, critic = the reward model (copies: the iteration donates
     the state), and the reward offset / scale measured on the SFT policy's own answers to
     frozen['offset_prompts'] ((n, B, P) tokens, (n, B) lengths) with PPO's sampling settings.
-    With n = 0 the offset is `offset` (default 0) and the scale 1.
+    With n = 0 the offset is `offset` (default 0) and the scale 1. LoRA (`policy`): the policy
+    is `adapters` (fresh, B = 0) on frozen['ref'].
 
     The critic starts as the reward model read at every prefix, moved to the scale of the
     scores it learns to predict (center_critic): its head (w, b) becomes ((w, b − offset) /
@@ -77,7 +80,10 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
     before; center_critic=False), its values are off by the offset at every token, which GAE
     turns into an advantage of offset · λ^(T−t) on the answer's last tokens, whatever they are,
     for the iterations the clipped value loss (vf_clip per update) takes to unlearn it."""
-    policy, value = jax.tree.map(jnp.copy, (frozen["ref"], frozen["reward"]))
+    view = policy or Policy(spec.cfg)
+    trained, value = jax.tree.map(jnp.copy, (frozen["ref"] if adapters is None else adapters,
+                                             frozen["reward"]))
+    decode = view.sampling_params(trained, frozen["ref"])
     tokens, lengths = frozen["offset_prompts"]
     if tokens.shape[0] == 0:
         offset = jnp.asarray(0.0 if offset is None else offset, jnp.float32)
@@ -85,7 +91,7 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
     else:
         def one(args):
             i, p, n = args
-            s = rollout.sample(policy, spec.cfg, p, n, jax.random.fold_in(key, i), spec.rc,
+            s = rollout.sample(decode, spec.cfg, p, n, jax.random.fold_in(key, i), spec.rc,
                                mesh, rules)
             raw, cut = raw_scores(spec, frozen["reward"], s)
             return raw, cut
@@ -99,8 +105,8 @@ def initial_state(spec: Spec, tx: optax.GradientTransformation, kl: ppo.KLContro
     unit = scale if spec.normalize_scores else jnp.ones((), jnp.float32)
     if spec.center_critic:
         value = critic_on_score_scale(value, offset, unit)
-    return PPOState(step=jnp.zeros((), jnp.int32), params=policy, value_params=value,
-                    opt_state=tx.init({"policy": policy, "value": value}), kl=kl,
+    return PPOState(step=jnp.zeros((), jnp.int32), params=trained, value_params=value,
+                    opt_state=tx.init({"policy": trained, "value": value}), kl=kl,
                     reward_offset=offset, reward_scale=scale)
 
 
@@ -145,8 +151,8 @@ def scores_of(spec: Spec, state: PPOState, raw: jax.Array, cut: jax.Array) -> ja
     return scores
 
 
-def read(spec: Spec, state: PPOState, s: rollout.Samples, frozen: dict[str, Any]
-         ) -> tuple[rollout.Rollout, dict[str, jax.Array]]:
+def read(spec: Spec, state: PPOState, s: rollout.Samples, frozen: dict[str, Any],
+         policy: Policy | None = None) -> tuple[rollout.Rollout, dict[str, jax.Array]]:
     """The scoring phase's reading of the samples: a Rollout (masked log-probs, values, scores)
     and the answer monitors."""
     cfg, n = spec.cfg, s.sample_logprobs.shape[1]
@@ -162,7 +168,7 @@ def read(spec: Spec, state: PPOState, s: rollout.Samples, frozen: dict[str, Any]
     def masked(x):
         return jnp.where(mask > 0, x, 0.0)
 
-    logp, _ = rollout.policy_logprobs(state.params, cfg, tokens, plen, n)
+    logp, _ = (policy or Policy(cfg)).logprobs(state.params, frozen["ref"], tokens, plen, n)
     ref, _ = rollout.policy_logprobs(frozen["ref"], cfg, tokens, plen, n)
     values = rollout.token_values(state.value_params, spec.value_cfg, tokens, plen, n)
     r = rollout.Rollout(tokens, plen, rlen, s.sample_logprobs, mask, masked(logp), masked(ref),
@@ -171,9 +177,11 @@ def read(spec: Spec, state: PPOState, s: rollout.Samples, frozen: dict[str, Any]
 
 
 def make_phases(spec: Spec, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                seed: int, mesh: Any = None, rules: Any = None):
+                seed: int, mesh: Any = None, rules: Any = None, policy: Policy | None = None):
     """(rollout, scoring, update): fn(state, carry, frozen) -> carry, the last -> (state,
-    metrics). Keys: fold_in(seed, step), split into the rollout's and the update's."""
+    metrics). Keys: fold_in(seed, step), split into the rollout's and the update's. policy:
+    how the state's params are the policy (default: the GPT tree itself; or LoRA adapters)."""
+    policy = policy or Policy(spec.cfg)
     hp = spec.hp
     base = jax.random.key(seed)
     forward = rollout.make_forward(spec.cfg, spec.value_cfg, spec.rc.max_new_tokens)
@@ -183,18 +191,21 @@ def make_phases(spec: Spec, tx: optax.GradientTransformation, schedule: optax.Sc
         return losses.lm_loss(model.apply({"params": params["policy"]}, tokens[:, :-1]),
                               tokens[:, 1:])
 
-    loss_fn = ppo.make_loss_fn(forward, hp, ptx_loss if spec.ptx else None)
+    def loss_fn_of(ref):  # the losses of the state's {'policy', 'value'} (LoRA: on ref)
+        return ppo.make_loss_fn(policy.reading(forward, ref, "policy"), hp,
+                                policy.reading(ptx_loss, ref, "policy") if spec.ptx else None)
 
     def keys(state):
         return jax.random.split(jax.random.fold_in(base, state.step))
 
     def rollout_phase(state, batch, frozen):
-        samples = rollout.sample(state.params, spec.cfg, batch["prompts"], batch["lengths"],
-                                 keys(state)[0], spec.rc, mesh, rules)
+        samples = rollout.sample(policy.sampling_params(state.params, frozen["ref"]), spec.cfg,
+                                 batch["prompts"], batch["lengths"], keys(state)[0], spec.rc,
+                                 mesh, rules)
         return {"samples": samples, "ptx": batch.get("ptx")}
 
     def scoring_phase(state, carry, frozen):
-        r, stats = read(spec, state, carry["samples"], frozen)
+        r, stats = read(spec, state, carry["samples"], frozen, policy)
         batch, ppo_stats = rollout.to_transitions(r, state.kl.beta, hp)
         return {"batch": batch, "stats": {**ppo_stats, **stats}, "ptx": carry["ptx"]}
 
@@ -204,9 +215,9 @@ def make_phases(spec: Spec, tx: optax.GradientTransformation, schedule: optax.Sc
             ptx = jnp.swapaxes(ptx, 0, 1).reshape(hp.epochs, hp.num_minibatches,
                                                   *ptx.shape[:1], *ptx.shape[2:])
         train = {"policy": state.params, "value": state.value_params}
-        train, opt_state, m = ppo.ppo_update(train, state.opt_state, carry["batch"], loss_fn,
-                                             tx, keys(state)[1], hp.epochs, hp.num_minibatches,
-                                             ptx)
+        train, opt_state, m = ppo.ppo_update(train, state.opt_state, carry["batch"],
+                                             loss_fn_of(frozen["ref"]), tx, keys(state)[1],
+                                             hp.epochs, hp.num_minibatches, ptx)
         n_rows = carry["batch"].mask.shape[0]
         metrics = {**carry["stats"], **m, "beta": state.kl.beta,
                    "lr": schedule(state.step * hp.epochs * hp.num_minibatches),
@@ -219,20 +230,22 @@ def make_phases(spec: Spec, tx: optax.GradientTransformation, schedule: optax.Sc
     return rollout_phase, scoring_phase, update_phase
 
 
-def make_eval(spec: Spec, seed: int, mesh: Any = None, rules: Any = None):
+def make_eval(spec: Spec, seed: int, mesh: Any = None, rules: Any = None,
+              policy: Policy | None = None):
     """eval(state, data, frozen) -> greedy and sampled answers to data['prompts'] with their
     scores (as PPO scores them), and the policy's LM loss on data['ptx_val'] windows
     (R, n, T + 1) when given: how far the policy has drifted from the pretraining text."""
     base = jax.random.fold_in(jax.random.key(seed), 0x4556)
     n = spec.rc.max_new_tokens
     model = GPT(spec.cfg)
+    policy = policy or Policy(spec.cfg)
 
     def eval_fn(state, data, frozen):
-        out = {}
+        out, params = {}, policy.sampling_params(state.params, frozen["ref"])
         key = jax.random.fold_in(base, state.step)
         for mode, temperature in (("greedy", 0.0), ("sampled", spec.rc.temperature)):
             rc = dataclasses.replace(spec.rc, samples_per_prompt=1, temperature=temperature)
-            s = rollout.sample(state.params, spec.cfg, data["prompts"], data["lengths"], key, rc,
+            s = rollout.sample(params, spec.cfg, data["prompts"], data["lengths"], key, rc,
                                mesh, rules)
             raw, cut = raw_scores(spec, frozen["reward"], s)
             out.update({f"{mode}_tokens": s.tokens[:, -n:], f"{mode}_lengths": s.response_lengths,
@@ -242,7 +255,7 @@ def make_eval(spec: Spec, seed: int, mesh: Any = None, rules: Any = None):
             windows = jnp.swapaxes(data["ptx_val"], 0, 1)  # (n, R, T + 1)
 
             def loss(w):
-                return losses.lm_loss(model.apply({"params": state.params}, w[:, :-1]), w[:, 1:])
+                return losses.lm_loss(model.apply({"params": params}, w[:, :-1]), w[:, 1:])
             out["ptx_loss"] = jax.lax.map(loss, windows).mean()
         return out
 
