@@ -175,6 +175,16 @@ def test_dpo_learns_a_planted_preference_rule(inputs, tmp_path):
     assert report["margin"] > 0 and report["logps_rejected"] < report["ref_logps_rejected"]
 
 
+def test_lora_dpo_training_wte_in_full_keeps_the_sft_reference(inputs, tmp_path):
+    """With lora.train=wte the frozen base lacks wte: the per-batch reference must read the SFT
+    embedding (step 0 scores the policy against itself: rho = 0, loss log 2 exactly)."""
+    wd = str(tmp_path / "lora_wte")
+    dpo.run(dpo_config(inputs, 2, **{"lora.rank": 4, "lora.train": "wte"}), wd)
+    m = metrics(wd)
+    assert m[0]["step"] == 0 and m[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert m[-1]["step"] == 2 and math.isfinite(m[-1]["val_loss"])
+
+
 def test_lora_dpo_with_precomputed_reference(inputs, tmp_path):
     wd = str(tmp_path / "lora")
     config = dpo_config(inputs, 12, **{"lora.rank": 4, "dpo.reference": "precomputed",

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
-from gptjax import losses, sharding
+from gptjax import losses, lora, sharding
 from gptjax import workdir as workdir_lib
 from gptjax.data import dpo as dpo_data, preferences
 from gptjax.loops import finetune, supervised, trainer, tuning
@@ -85,7 +85,7 @@ def make_loss_fn(model: GPT, tune: tuning.Tuning, hp: Hparams):
         if "ref_logps" in batch:
             ref = batch["ref_logps"]
         else:
-            ref = answer_logps(model, fz["base"] if tune.spec else fz["ref"], batch, hp.average)
+            ref = answer_logps(model, reference_params(fz, tune), batch, hp.average)
         return losses.dpo_loss(logps, ref, batch["pref"], hp.beta, hp.loss, hp.label_smoothing)
     return loss_fn
 
@@ -119,6 +119,14 @@ def _fingerprint(records: list[dict[str, np.ndarray]], extra: str) -> str:
         h.update(r["tokens"].tobytes())
         h.update(r["mask"].tobytes())
     return h.hexdigest()
+
+
+def reference_params(frozen: Any, tune: tuning.Tuning) -> Any:
+    """The reference's parameters among the frozen models: the SFT copy, or under LoRA the
+    frozen base (the adapters off) with the SFT values of any groups trained in full."""
+    if tune.spec is None:
+        return frozen["ref"]
+    return lora.overlay(frozen["base"], frozen["ref_full"]) if tune.full else frozen["base"]
 
 
 def attach_reference(workdir: str, data: dpo_data.PairData, ref_params: Any, cfg: GPTConfig,
@@ -216,6 +224,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> trainer.RunResult:
         frozen = trainer.Frozen(
             lambda r: {"ref": model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"]},
             lambda: {"ref": s.params})
+    elif tune.full:  # LoRA training groups in full (lora.train): the reference keeps their SFT
+        base = tune.frozen  # values, which the frozen base lacks
+        frozen = trainer.Frozen(
+            lambda r: {**base.init(r), "ref_full": lora.pick(
+                model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"], tune.full)},
+            lambda: {**base.load(), "ref_full": lora.pick(s.params, tune.full)})
     workdir_lib.write_json(workdir, "data_stats.json", data.stats)
     if jax.process_index() == 0:
         for name, st in data.stats.items():
