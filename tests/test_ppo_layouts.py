@@ -126,7 +126,7 @@ def test_two_processes_give_the_numbers_of_one(inputs, tmp_path):
 
 def test_sigterm_saves_and_the_rerun_continues_exactly(inputs, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    r = run_cli(*_args(inputs, straight, **{"train.steps": 40}))
+    r = run_cli(*_args(inputs, straight, **{"train.steps": 20}))
     assert r.returncode == 0, r.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.Popen([sys.executable, "-m", *_args(inputs, stopped,
@@ -141,12 +141,12 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(inputs, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     saved = [int(s) for s in os.listdir(stopped / "checkpoints") if s.isdigit()]
-    assert len(saved) == 1 and 2 <= saved[0] < 40 and f"saving step {saved[0]}" in err
-    r = run_cli(*_args(inputs, stopped, **{"train.steps": 40}))
+    assert len(saved) == 1 and 2 <= saved[0] < 20 and f"saving step {saved[0]}" in err
+    r = run_cli(*_args(inputs, stopped, **{"train.steps": 20}))
     assert r.returncode == 0 and f"resumed at step {saved[0]}" in r.stderr, r.stderr[-3000:]
     a = {m["step"]: m for m in _metrics(straight)}
     b = {m["step"]: m for m in _metrics(stopped)}
-    for s in range(saved[0] + 1, 41):
+    for s in range(saved[0] + 1, 21):
         for k in KEYS:
             assert b[s][k] == pytest.approx(a[s][k], rel=1e-6, abs=1e-7), (s, k)
 
