@@ -4,9 +4,9 @@ no TPU. The suite compiles the steps at a reduced shape (1 layer, 64 wide, 512 t
 128) to keep its time small; the full shape is the same command without the overrides.
 
 libtpu is looked up as an importable package, then in $GPTJAX_LIBTPU_PATH and .venv/libtpu; the
-test skips without it. .ci/run does not install it: with libtpu importable every JAX process of
-the suite probes for a TPU and logs errors. To run it, install libtpu in a folder beside the
-environment (the release jax[tpu] pins: 0.0.42.1 for jax 0.10.2) and the test finds it:
+test skips without it. .ci/run installs it into .venv/libtpu, beside the environment and not
+importable from it: with libtpu importable every JAX process of the suite probes for a TPU and
+logs errors. By hand (the release jax[tpu] pins: 0.0.42.1 for jax 0.10.2):
 
     pip install --no-deps --target .venv/libtpu libtpu==0.0.42.1
     python -m pytest tests/test_pipeline_aot.py"""
