@@ -77,7 +77,8 @@ def answer_logps(model: GPT, params: Any, batch: dict[str, Any], average: bool) 
 def make_loss_fn(model: GPT, tune: tuning.Tuning, hp: Hparams):
     """loss_fn(params, batch, rng[, frozen]) -> (DPO loss, TRL's metrics). The reference's
     log-probs are batch['ref_logps'] when precomputed, else read from the frozen reference
-    (frozen['ref'], or under LoRA frozen['base']: the base with the adapters off)."""
+    (`reference_params`: frozen['ref'], or under LoRA frozen['base'], the base with the
+    adapters off, with the SFT values of groups trained in full)."""
     def loss_fn(params, batch, rng, *frozen):
         fz = frozen[0] if frozen else None
         with tune.adapters(params, rng):
