@@ -11,42 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
 
 from gptjax.errors import GptjaxError
-
-# 1,000 / 1000 / 1000.5 / .5, optionally signed and with a dollar sign; "1,2,3" is three.
-_NUMBER = re.compile(r"-?\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\s*\.\d+")
+from gptjax.rl.verifiers import final_number, last_number
 
 
 class GSM8KError(GptjaxError):
     """A GSM8K file whose rows cannot be scored (no question, or no '#### N' answer)."""
-
-
-def normalize(number: str) -> str | None:
-    """A number's canonical text ("1,000.50" -> "1000.5", "$-3" -> "-3", "7." -> "7"), or
-    None when the text is not a number."""
-    s = number.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if not d.is_finite():
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))  # exact for any size (quantize stops at 28 digits)
-    return format(d.normalize(), "f")
-
-
-def last_number(text: str) -> str | None:
-    """The last number in a text, normalised; None when there is none."""
-    for m in reversed(_NUMBER.findall(text)):
-        n = normalize(m)
-        if n is not None:
-            return n
-    return None
 
 
 def reference_answer(answer: str) -> str | None:
@@ -59,11 +31,7 @@ def reference_answer(answer: str) -> str | None:
 def extract(text: str) -> str | None:
     """The final number of a model's answer: after its last "####" when it has one (and a
     number follows), else the last number anywhere; None when it has no number."""
-    if "####" in text:
-        tail = last_number(text.rsplit("####", 1)[1].split("\n", 1)[0])
-        if tail is not None:
-            return tail
-    return last_number(text)
+    return final_number(text, "####")
 
 
 def read(path: str, limit: int = 0) -> list[tuple[str, str]]:
