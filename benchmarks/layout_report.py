@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-import hlo_collectives
+from gptjax import hlo_collectives
 
 MIB = 2 ** 20
 GIB = 2 ** 30

@@ -28,9 +28,9 @@ Memory (per device, `compiled.memory_analysis()`): argument (state + batch), out
 + code, compared with the chip's HBM; `live peak` is `device.memory_stats()['peak_bytes_in_use']`
 where the backend reports it (not on CPU).
 
-Collectives: parsed from `compiled.as_text()` (benchmarks/hlo_collectives.py), per device and per
+Collectives: parsed from `compiled.as_text()` (gptjax/hlo_collectives.py), per device and per
 step; bytes = the whole buffer each works on (result of all-reduce / all-gather, operand of
-reduce-scatter; what a decomposed one's permutes move). Roofline (benchmarks/roofline.py): the
+reduce-scatter; what a decomposed one's permutes move). Roofline (gptjax/roofline.py): the
 step's FLOPs, HBM bytes and ICI bytes over the chip's public peak rates.
 
 Analytic expectation, per device and step. P_p = bytes of parameter p in float32, t_p = how many
@@ -84,9 +84,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing the package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import hlo_collectives  # noqa: E402
+from gptjax import hlo_collectives  # noqa: E402
 import layout_report  # noqa: E402
-import roofline  # noqa: E402
+from gptjax import roofline  # noqa: E402
 from gptjax.cli import exit_on_user_error  # noqa: E402
 from gptjax.errors import GptjaxError  # noqa: E402
 

@@ -1,17 +1,22 @@
-"""`python -m gptjax.aot --config CONFIG [--topology v5e:2x2] [--config.a.b=v ...]`: compile every
-training stage's step ahead of time for the devices of a run, without data, workdirs or the
-devices themselves, and print each one's per-device memory.
+"""`python -m gptjax.aot --config CONFIG [--topology v5e:2x2] [--only STAGE,...] [--config.a.b=v
+...]`: compile every training stage's step ahead of time for the devices of a run, without data,
+workdirs or the devices themselves, and print each one's per-device memory and collectives.
 
-For a pipeline config, every stage of its order that trains (pretrain, sft, reward, ppo) is
-compiled with its own config; a single stage config compiles that stage. The model shape is the
-config's `model` section (a fine-tuning stage's run takes it from init_from, so give the shape
-it will have there, e.g. GPT-2's plus the 4 chat tokens). `--topology` compiles for the TPU
-slice that `jax.experimental.topologies` describes (it needs the `libtpu` package, not a TPU;
+For a pipeline config, every stage of its order that trains (pretrain, sft, reward, ppo,
+grpo) is compiled with its own config; a single stage config compiles that stage. The model
+shape is the config's `model` section (a fine-tuning stage's run takes it from init_from, so give
+the shape it will have there, e.g. GPT-2's plus the 4 chat tokens). `--topology` compiles for the
+TPU slice that `jax.experimental.topologies` describes (it needs the `libtpu` package, not a TPU;
 `pip install "jax[tpu]"`); without it, for this machine's devices. PPO compiles its three
-phases (rollout, scoring, update) as the trainer runs them.
+phases (rollout, scoring, update) as the trainer runs them; GRPO the same three around its host
+phase (the verifiers, which run on the host and are not compiled).
 
 Per device and step, from `compiled.memory_analysis()`: arguments (the state and the batch),
-outputs, temporaries, and code, in MiB; their sum is what a device must hold.
+outputs, temporaries, and code, in MiB; their sum is what a device must hold (against the
+chip's HBM for a known TPU). From the compiled program's text (`gptjax.hlo_collectives`,
+`gptjax.roofline`, the rules the layout benchmark uses): every collective, count and MiB per
+device and step, and a roofline (FLOPs, HBM bytes, ICI bytes over the chip's peak rates; the
+step's lower bound is the largest of the three times).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import ml_collections
 from gptjax import config as config_lib
 from gptjax.errors import GptjaxError
 
-TRAINING = ("pretrain", "sft", "reward", "ppo")
+TRAINING = ("pretrain", "sft", "reward", "ppo", "grpo")
 
 
 @dataclasses.dataclass
@@ -41,10 +46,26 @@ class Compiled:
     temp_mib: float
     code_mib: float
     error: str = ""  # what XLA refused (e.g. out of device memory); the numbers are 0 then
+    collectives: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    flops: float = 0.0  # per device and step, from the HLO (loops times their trip counts)
+    hbm_gib: float = 0.0
+    ici_gib: float = 0.0
+    chip: Any = None  # gptjax.roofline.Chip of a known TPU, else None
+    unknown_loops: int = 0  # while loops without a trip count in the HLO, counted once
 
     @property
     def total_mib(self) -> float:
         return self.argument_mib + self.output_mib + self.temp_mib + self.code_mib
+
+    @property
+    def collective_mib(self) -> float:
+        return sum(mib for _, mib in self.collectives.values())
+
+    def bound(self) -> dict[str, float]:
+        """The roofline times (s) on `chip` and their max, the step's lower bound."""
+        from gptjax import roofline
+        cost = roofline.Cost(self.flops, self.hbm_gib * 2**30, self.ici_gib * 2**30)
+        return roofline.estimate(cost, self.chip, 0.0)
 
 
 class _ShapeTokenizer:
@@ -106,6 +127,28 @@ def stage_and_batch(config: ml_collections.ConfigDict):
             updates = p.epochs * p.num_minibatches
             batch["ptx"] = ((ppo.ptx_rows(config), updates, t + 1), jnp.int32)
         return ppo.stage(config, su, ""), batch
+    if config.stage == "grpo":
+        import types
+
+        from gptjax.data.tokenizer import END_OF_TURN
+        from gptjax.loops import grpo
+        from gptjax.rl import rollout, tasks, verifiers
+        g = config.grpo
+        tok = _ShapeTokenizer(mcfg.vocab_size)
+        weights = verifiers.parse_rewards(g.rewards)
+        rc = rollout.RolloutConfig(
+            samples_per_prompt=g.samples_per_prompt, max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+            eos_id=tok.specials[END_OF_TURN])
+        rm = "reward_model" in weights  # a reward model of the policy's shape (as PPO's above)
+        task = types.SimpleNamespace(name="shapes only", marker="")
+        one = tasks.Encoded([[0]], ["0"], {})  # the batch's shapes come from the config
+        su = grpo.Setup(mcfg, tok, None, weights, mcfg if rm else None, {} if rm else None,
+                        task, one, tasks.Encoded([], [], {}), rc, grpo.hparams(config))
+        b, width = int(g.batch_prompts), grpo.prompt_width(config)
+        return grpo.stage(config, su, ""), {
+            "prompts": ((b, width), jnp.int32), "lengths": ((b,), jnp.int32),
+            "index": ((b,), jnp.int32)}
     raise GptjaxError(f"stage {config.stage!r} has no training step to compile")
 
 
@@ -114,7 +157,7 @@ def compile_stage(config: ml_collections.ConfigDict, devices: Any, name: str = "
     """Compile one stage's step (each phase) for `devices`; its memory per device."""
     import jax
 
-    from gptjax import sharding
+    from gptjax import hlo_collectives, roofline, sharding
     from gptjax.loops import trainer
     stage, batch_shapes = stage_and_batch(config)
     c = trainer.compile_stage(config, stage, devices)
@@ -126,35 +169,54 @@ def compile_stage(config: ml_collections.ConfigDict, devices: Any, name: str = "
     frozen = ()
     if stage.frozen is not None:
         frozen = (trainer.abstract_layout(stage.frozen.init, c.layout)[0],)
+    chip = roofline.CHIPS.get(c.mesh.devices.flat[0].device_kind)
     out = []
     with sharding.activated(c.mesh, c.rules):
         for phase, fn in c.phases:
+            if isinstance(fn, trainer._HostPhase):  # runs on the host: only its outputs' shapes
+                made = fn.shapes(carry)
+                carry = {**carry, **{k: abstract(v.shape, v.dtype) for k, v in made.items()}}
+                continue
             t0 = time.perf_counter()
             lowered = fn.lower(c.abstract, carry, *frozen)
             try:
-                mem = lowered.compile().memory_analysis()
+                compiled = lowered.compile()
             except jax.errors.JaxRuntimeError as e:  # e.g. more memory than the device has
                 out.append(Compiled(name or config.stage, config.stage, phase,
                                     time.perf_counter() - t0, 0, 0, 0, 0,
                                     " ".join(str(e).split())[:300]))
             else:
+                seconds = time.perf_counter() - t0
+                mem, hlo = compiled.memory_analysis(), compiled.as_text()
+                coll = hlo_collectives.count_collectives(hlo)
+                cost = roofline.cost(hlo, coll)
                 mib = 1 / 2**20
                 out.append(Compiled(
-                    name or config.stage, config.stage, phase, time.perf_counter() - t0,
+                    name or config.stage, config.stage, phase, seconds,
                     mem.argument_size_in_bytes * mib, mem.output_size_in_bytes * mib,
-                    mem.temp_size_in_bytes * mib, mem.generated_code_size_in_bytes * mib))
+                    mem.temp_size_in_bytes * mib, mem.generated_code_size_in_bytes * mib,
+                    collectives={k: (v.count, v.bytes * mib) for k, v in coll.items()},
+                    flops=cost.flops, hbm_gib=cost.hbm_bytes / 2**30,
+                    ici_gib=cost.wire_bytes / 2**30, chip=chip,
+                    unknown_loops=hlo_collectives.unknown_trip_counts(hlo)))
             carry = jax.eval_shape(fn, c.abstract, carry, *frozen)
     return out
 
 
-def compile_config(config: ml_collections.ConfigDict, devices: Any) -> list[Compiled]:
-    """Every training stage of a pipeline config (or the one stage of a stage config)."""
+def compile_config(config: ml_collections.ConfigDict, devices: Any,
+                   only: tuple[str, ...] = ()) -> list[Compiled]:
+    """Every training stage of a pipeline config (or those named in `only`), or the one stage of
+    a stage config."""
     if config.stage != "pipeline":
         return compile_stage(config, devices)
+    unknown = [n for n in only if n not in config.order]
+    if unknown:
+        raise GptjaxError(f"--only {','.join(unknown)}: not a stage of this pipeline (its stages: "
+                          f"{', '.join(config.order)})")
     out, seen = [], {}
     for name in config.order:
         stage_cfg = config.stages[name]
-        if stage_cfg.stage not in TRAINING:
+        if stage_cfg.stage not in TRAINING or (only and name not in only):
             continue
         # Stages that differ only in their data and start (reward and judge) share one step.
         key = {k: v for k, v in stage_cfg.to_dict().items() if k not in ("data", "init_from")}
@@ -168,16 +230,46 @@ def compile_config(config: ml_collections.ConfigDict, devices: Any) -> list[Comp
 
 
 def table(rows: list[Compiled]) -> str:
+    """Memory per device and phase; then, for those that compiled, collectives and roofline."""
+    chip = next((r.chip for r in rows if r.chip is not None), None)
+    hbm = f" | of {chip.name} HBM" if chip else ""
     lines = ["| stage | phase | compile s | argument MiB | output MiB | temp MiB | code MiB | "
-             "total MiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"total MiB{hbm} |", "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * bool(chip)]
     for r in rows:
         if r.error:
             lines.append(f"| {r.stage} ({r.kind}) | {r.phase} | {r.seconds:.1f} | "
-                         f"does not compile: {r.error} |||||")
+                         f"does not compile: {r.error} |||||" + "|" * bool(chip))
         else:
+            share = f" | {r.total_mib * 2**20 / chip.hbm_bytes:.0%}" if chip else ""
             lines.append(f"| {r.stage} ({r.kind}) | {r.phase} | {r.seconds:.1f} | "
                          f"{r.argument_mib:,.1f} | {r.output_mib:,.1f} | {r.temp_mib:,.1f} | "
-                         f"{r.code_mib:,.1f} | {r.total_mib:,.1f} |")
+                         f"{r.code_mib:,.1f} | {r.total_mib:,.1f}{share} |")
+    done = [r for r in rows if not r.error]
+    if not done:
+        return "\n".join(lines)
+    from gptjax import hlo_collectives
+    kinds = hlo_collectives.KINDS
+    times = (" | t compute s | t memory s | t network s | step s >=" if chip else "")
+    lines += ["", "| stage | phase | " + " | ".join(f"{k} n / MiB" for k in kinds) +
+              " | collectives MiB | TFLOP | HBM GiB | ICI GiB" + times + " |",
+              "|---|---|" + "---:|" * (len(kinds) + 4 + 4 * bool(chip))]
+    for r in done:
+        cells = [f"{n} / {mib:,.1f}" for n, mib in (r.collectives.get(k, (0, 0.0))
+                                                     for k in kinds)]
+        line = (f"| {r.stage} ({r.kind}) | {r.phase} | " + " | ".join(cells) +
+                f" | {r.collective_mib:,.1f} | {r.flops / 1e12:,.3f} | {r.hbm_gib:,.2f} | "
+                f"{r.ici_gib:,.3f}")
+        if chip:
+            t = r.bound()
+            line += (f" | {t['t_compute']:.4f} | {t['t_memory']:.4f} | {t['t_network']:.4f} | "
+                     f"{t['t_bound']:.4f}")
+        lines.append(line + " |")
+    loops = [f"{r.stage} {r.phase} ({r.unknown_loops})" for r in done if r.unknown_loops]
+    if loops:
+        lines += ["", "Counted once per step, though they run more often: the work inside while "
+                  "loops without a fixed trip count (a rollout's decode loop, which stops when "
+                  "every answer has ended; at most max_new_tokens passes) in " +
+                  ", ".join(loops) + "."]
     return "\n".join(lines)
 
 
@@ -188,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     def _main(argv: list[str]) -> int:
         ap = argparse.ArgumentParser(add_help=False)
         ap.add_argument("--topology", default="", help="a TPU slice, e.g. v5e:2x2 (needs libtpu)")
+        ap.add_argument("--only", default="", help="a pipeline's stages to compile, e.g. ppo")
         args, rest = ap.parse_known_args(argv)
         config, _ = config_from_argv(rest, "usage: python -m gptjax.aot --config CONFIG "
-                                           "[--topology v5e:2x2] [--config.a.b=v ...]")
+                                           "[--topology v5e:2x2] [--only STAGE,...] "
+                                           "[--config.a.b=v ...]")
         import jax
         devices = None
         if args.topology:
@@ -204,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "\"jax[tpu]\")") from None
         dev = devices or jax.devices()
         print(f"## {len(dev)} x {dev[0].device_kind}\n")
-        rows = compile_config(config, devices)
+        rows = compile_config(config, devices, tuple(filter(None, args.only.split(","))))
         print(table(rows))
         failed = [f"{r.stage} {r.phase}" for r in rows if r.error]
         if failed:

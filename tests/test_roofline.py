@@ -1,4 +1,4 @@
-"""benchmarks/roofline.py against XLA's own cost analysis, and the layout benchmark's --topology
+"""gptjax/roofline.py against XLA's own cost analysis, and the layout benchmark's --topology
 without libtpu."""
 
 import importlib.util
@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import roofline  # noqa: E402
+from gptjax import roofline  # noqa: E402
 import sharding_layouts  # noqa: E402
 
 

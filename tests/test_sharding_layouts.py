@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, load_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import hlo_collectives  # noqa: E402
+from gptjax import hlo_collectives  # noqa: E402
 import layout_report  # noqa: E402
 import sharding_layouts  # noqa: E402
 

@@ -2,20 +2,15 @@
 fsdp-sharded weight once per optimizer step and reduces the gradient once, with the same losses
 as per_micro_step (the step as it was), and one device runs the very same program."""
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
-from gptjax import sharding, step as step_lib
+from conftest import load_config
+from gptjax import hlo_collectives, sharding, step as step_lib
 from gptjax.errors import GptjaxError
 from gptjax.loops import pretrain
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import hlo_collectives  # noqa: E402
 
 ACCUM, BATCH, STEPS = 4, 32, 3  # 32 rows / 4 micro-steps = one row per device and micro-step
 

@@ -218,7 +218,12 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
                    "lr": schedule(state.step * hp.epochs * hp.num_minibatches)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return (trainer.Phase("rollout", rollout_phase), trainer.Phase("reward", reward_phase, True),
+    def reward_shapes(carry):
+        rows = carry["response_lengths"].shape
+        return {k: jax.ShapeDtypeStruct(rows, jnp.float32) for k in verifiers.SCORES}
+
+    return (trainer.Phase("rollout", rollout_phase),
+            trainer.Phase("reward", reward_phase, True, reward_shapes),
             trainer.Phase("scoring", scoring_phase), trainer.Phase("update", update_phase))
 
 

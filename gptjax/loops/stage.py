@@ -40,11 +40,14 @@ class Phase:
     host=True: a phase that runs on the host between two jitted ones (e.g. a program that checks
     answers): fn(carry as numpy, the whole global batch) -> {name: numpy array leading with the
     rows}, which the trainer places over the data axes and merges into the (dict) carry. It syncs
-    every step; the same values must come out in every process."""
+    every step; the same values must come out in every process. `shapes(carry)`: what it returns
+    as jax.ShapeDtypeStructs, given the carry's, so that an ahead-of-time compile (gptjax.aot)
+    can go past it without running it."""
 
     name: str
     fn: Callable[..., Any]
     host: bool = False
+    shapes: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass

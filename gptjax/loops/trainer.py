@@ -112,7 +112,7 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
         if phase.host:
             if i in (0, len(phases) - 1):
                 raise ValueError(f"host phase {phase.name!r} cannot be the first or last phase")
-            jitted.append((phase.name, _HostPhase(phase.fn, batch_sharding)))
+            jitted.append((phase.name, _HostPhase(phase.fn, batch_sharding, phase.shapes)))
             continue
         jitted.append((phase.name, jax.jit(
             phase.fn, in_shardings=(shardings, batch_sharding if i == 0 else None, *extra),
@@ -220,8 +220,9 @@ def _fresh_state(config: ml_collections.ConfigDict, stage: Stage, c: Compiled, f
 class _HostPhase:
     """A host phase as the trainer calls it: (state, carry, *frozen) -> carry | fn(carry)."""
 
-    def __init__(self, fn: Callable[[Any], dict[str, np.ndarray]], batch_sharding: Any):
-        self.fn, self.batch_sharding = fn, batch_sharding
+    def __init__(self, fn: Callable[[Any], dict[str, np.ndarray]], batch_sharding: Any,
+                 shapes: Callable[[Any], Any] | None = None):
+        self.fn, self.batch_sharding, self.shapes = fn, batch_sharding, shapes
 
     def __call__(self, state: Any, carry: dict[str, Any], *frozen: Any) -> dict[str, Any]:
         extra = self.fn(sharding.to_host(carry))

@@ -91,6 +91,9 @@ def follows_format(text: str, marker: str) -> bool:
     return re.search(pattern, text) is not None
 
 
+SCORES = ("host_reward", "exact_match", "format", "unparsed")  # what `score` returns
+
+
 def score(answers: Sequence[str], references: Sequence[str], weights: dict[str, float],
           marker: str) -> dict[str, np.ndarray]:
     """The host rewards of decoded answers: {'host_reward': weighted sum of the host rewards,
@@ -106,5 +109,4 @@ def score(answers: Sequence[str], references: Sequence[str], weights: dict[str, 
             exact[i] = float(got == normalize(ref))
         fmt[i] = float(follows_format(text, marker))
     total = weights.get("exact_match", 0.0) * exact + weights.get("format", 0.0) * fmt
-    return {"host_reward": total.astype(np.float32), "exact_match": exact, "format": fmt,
-            "unparsed": unparsed}
+    return dict(zip(SCORES, (total.astype(np.float32), exact, fmt, unparsed)))

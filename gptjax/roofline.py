@@ -25,7 +25,7 @@ import dataclasses
 import math
 import re
 
-import hlo_collectives
+from gptjax import hlo_collectives
 
 # Per chip, from Google Cloud's TPU system-architecture pages (cloud.google.com/tpu/docs/v5e and
 # /tpu/docs/v5p, key specifications tables): bf16 peak, HBM capacity and bandwidth, and the

@@ -25,7 +25,7 @@ kinds all-reduce, all-gather, reduce-scatter, collective-permute and all-to-all.
   ops in called computations (call, conditional branches, fusions) once per call.
 
 `walk(hlo)` gives every instruction with how many times it runs per step, for other counters
-(benchmarks/roofline.py sizes FLOPs and HBM traffic with it).
+(gptjax/roofline.py sizes FLOPs and HBM traffic with it).
 """
 
 from __future__ import annotations
