@@ -16,7 +16,7 @@ Issue 12, section 3. From a chain built by `benchmarks/reward_accuracy.py` (--ch
    within 25%).
 
     python benchmarks/rlhf_heldout.py [--chain runs/chain] [--out runs/heldout] \
-        [--runs issue,shipped,fixed] [--iterations 60]
+        [--runs issue,shipped,end] [--iterations 60]
 
 Prints a markdown table; everything lands in out/results.json.
 """
@@ -46,6 +46,11 @@ RUNS = {
     "shipped": ("configs/ppo.py as shipped: truncated answers penalised, the offset measured "
                 "with PPO's sampling, the critic on the scores' scale",
                 ("--config.ppo.offset_prompts=32",)),
+    "end": ("shipped, but a truncated answer scored with <|end|> appended (no push to end "
+            "early), scores in SFT stds clipped at 3, and the pretraining mix (ptx_coef 1)",
+            ("--config.ppo.offset_prompts=32", "--config.ppo.truncated=end",
+             "--config.ppo.normalize_scores=True", "--config.ppo.score_clip=3.0",
+             "--config.ppo.ptx_coef=1.0")),
 }
 
 

@@ -51,3 +51,6 @@ def test_every_stage_of_the_gpt2_pipeline_compiles_for_a_tpu_slice():
         ("sft", "sft", "step"), ("reward", "reward", "step"), ("ppo", "ppo", "rollout"),
         ("ppo", "ppo", "scoring"), ("ppo", "ppo", "update")]
     assert "judge: the same step as reward" in r.stderr
+    # memory against the chip's HBM, then each phase's collectives and roofline on v5e
+    assert "| of v5e HBM |" in r.stdout and "| all-reduce n / MiB |" in r.stdout
+    assert re.search(r"^\| ppo \(ppo\) \| update \| \d+ / [\d,.]+ \|.*\| [\d.]+ \|$", r.stdout, re.M)
