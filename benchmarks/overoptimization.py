@@ -26,7 +26,7 @@ Issue 12, section 2. From a chain built by `benchmarks/reward_accuracy.py` (--ch
    (`gptjax.loops.eval.run(config, workdir, judge=gold)`), with the degeneration measures.
 
     python benchmarks/overoptimization.py [--chain runs/chain] [--out runs/over] \
-        [--iterations 60] [--eval_every 5] [--beta 0.1]
+        [--iterations 60] [--eval_every 5] [--beta 0.1] [--ppo_overrides "--config.ppo.a=v ..."]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def ppo(args, name: str, sft: str, proxy: str, beta: float) -> str:
              f"--config.train.keep_checkpoints={n_evals}", f"--config.optim.lr={args.lr}",
              f"--config.optim.min_lr={args.lr}", "--config.optim.warmup_steps=8",
              "--config.ppo.normalize_scores=True",
-             f"--config.seed={args.seed}")
+             f"--config.seed={args.seed}", *args.ppo_overrides.split())
     return wd
 
 
@@ -199,6 +199,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2, help="answers per prompt in win rates")
     ap.add_argument("--winrate_prompts", type=int, default=0,
                     help="the first n unseen held-out prompts for the win rates (0 = all)")
+    ap.add_argument("--ppo_overrides", default="",
+                    help="more configs/ppo.py overrides for both PPO runs, space-separated, e.g. "
+                         "'--config.ppo.truncated=end --config.ppo.ptx_coef=1.0'")
     ap.add_argument("--until", default="", help="stop after: gold, rankings, proxy, ppo, curve")
     args = ap.parse_args()
     args.chain, args.out = os.path.abspath(args.chain), os.path.abspath(args.out)

@@ -16,7 +16,7 @@ Issue 12, section 3. From a chain built by `benchmarks/reward_accuracy.py` (--ch
    within 25%).
 
     python benchmarks/rlhf_heldout.py [--chain runs/chain] [--out runs/heldout] \
-        [--runs issue,shipped,end,end_only] [--iterations 60]
+        [--runs issue,shipped,end,end_only,end_clip] [--iterations 60]
 
 Prints a markdown table; everything lands in out/results.json.
 """
@@ -54,6 +54,10 @@ RUNS = {
     "end_only": ("shipped, but a truncated answer scored with <|end|> appended (of 'end', only "
                  "the change to truncated answers)",
                  ("--config.ppo.offset_prompts=32", "--config.ppo.truncated=end")),
+    "end_clip": ("'end' without the pretraining mix (of 'end', the truncated-answer rule and the "
+                 "clipped SFT-std scores)",
+                 ("--config.ppo.offset_prompts=32", "--config.ppo.truncated=end",
+                  "--config.ppo.normalize_scores=True", "--config.ppo.score_clip=3.0")),
 }
 
 
