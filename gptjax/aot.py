@@ -173,7 +173,11 @@ def compile_stage(config: ml_collections.ConfigDict, devices: Any, name: str = "
     out = []
     with sharding.activated(c.mesh, c.rules):
         for phase, fn in c.phases:
-            if isinstance(fn, trainer._HostPhase):  # runs on the host: only its outputs' shapes
+            if isinstance(fn, trainer.HostPhase):  # runs on the host: only its outputs' shapes
+                if fn.shapes is None:
+                    raise GptjaxError(f"the {config.stage} stage's host phase {phase!r} declares "
+                                      "no output shapes (trainer.Phase.shapes), so its later "
+                                      "phases cannot be compiled ahead of time")
                 made = fn.shapes(carry)
                 carry = {**carry, **{k: abstract(v.shape, v.dtype) for k, v in made.items()}}
                 continue

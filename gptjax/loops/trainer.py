@@ -112,7 +112,7 @@ def compile_stage(config: ml_collections.ConfigDict, stage: Stage, devices: Any 
         if phase.host:
             if i in (0, len(phases) - 1):
                 raise ValueError(f"host phase {phase.name!r} cannot be the first or last phase")
-            jitted.append((phase.name, _HostPhase(phase.fn, batch_sharding, phase.shapes)))
+            jitted.append((phase.name, HostPhase(phase.fn, batch_sharding, phase.shapes)))
             continue
         jitted.append((phase.name, jax.jit(
             phase.fn, in_shardings=(shardings, batch_sharding if i == 0 else None, *extra),
@@ -217,7 +217,7 @@ def _fresh_state(config: ml_collections.ConfigDict, stage: Stage, c: Compiled, f
     return jax.jit(stage.start, out_shardings=shardings)(given)
 
 
-class _HostPhase:
+class HostPhase:
     """A host phase as the trainer calls it: (state, carry, *frozen) -> carry | fn(carry)."""
 
     def __init__(self, fn: Callable[[Any], dict[str, np.ndarray]], batch_sharding: Any,
