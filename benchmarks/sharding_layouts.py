@@ -281,7 +281,7 @@ def measure_step(target: Target, steps: int = 0, dump_hlo: str | None = None) ->
         with open(os.path.join(dump_hlo, f"train_step_{name}_{target.gather}.hlo.txt"),
                   "w") as f:
             f.write(hlo)
-    coll, unknown = hlo_collectives.count_collectives(hlo), hlo_collectives.unknown_trip_counts(hlo)
+    coll, unknown = hlo_collectives.count(hlo)
     devs = target.mesh.devices.flat
     r: dict[str, Any] = dict(
         mesh=name, gather=target.gather, compile_s=compile_s, param_bytes=target.param_bytes,

@@ -47,9 +47,7 @@ class Compiled:
     code_mib: float
     error: str = ""  # what XLA refused (e.g. out of device memory); the numbers are 0 then
     collectives: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
-    flops: float = 0.0  # per device and step, from the HLO (loops times their trip counts)
-    hbm_gib: float = 0.0
-    ici_gib: float = 0.0
+    cost: Any = None  # gptjax.roofline.Cost per device and step (FLOPs, HBM and ICI bytes)
     chip: Any = None  # gptjax.roofline.Chip of a known TPU, else None
     unknown_loops: int = 0  # while loops without a trip count in the HLO, counted once
 
@@ -64,8 +62,7 @@ class Compiled:
     def bound(self) -> dict[str, float]:
         """The roofline times (s) on `chip` and their max, the step's lower bound."""
         from gptjax import roofline
-        cost = roofline.Cost(self.flops, self.hbm_gib * 2**30, self.ici_gib * 2**30)
-        return roofline.estimate(cost, self.chip, 0.0)
+        return roofline.estimate(self.cost, self.chip, 0.0)
 
 
 class _ShapeTokenizer:
@@ -112,10 +109,7 @@ def stage_and_batch(config: ml_collections.ConfigDict):
         from gptjax.data.tokenizer import END_OF_TURN
         p = config.ppo
         tok = _ShapeTokenizer(mcfg.vocab_size)
-        rc = rollout.RolloutConfig(
-            samples_per_prompt=p.samples_per_prompt, max_new_tokens=p.max_new_tokens,
-            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-            eos_id=tok.specials[END_OF_TURN])
+        rc = rollout.RolloutConfig.of(p, tok.specials[END_OF_TURN])
         spec = iteration.Spec(mcfg, mcfg, rc, ppo.ppo_hparams(config), p.truncated,
                               p.truncated_penalty, bool(p.normalize_scores),
                               float(p.score_clip), bool(p.center_critic),
@@ -136,10 +130,7 @@ def stage_and_batch(config: ml_collections.ConfigDict):
         g = config.grpo
         tok = _ShapeTokenizer(mcfg.vocab_size)
         weights = verifiers.parse_rewards(g.rewards)
-        rc = rollout.RolloutConfig(
-            samples_per_prompt=g.samples_per_prompt, max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-            eos_id=tok.specials[END_OF_TURN])
+        rc = rollout.RolloutConfig.of(g, tok.specials[END_OF_TURN])
         rm = "reward_model" in weights  # a reward model of the policy's shape (as PPO's above)
         task = types.SimpleNamespace(name="shapes only", marker="")
         one = tasks.Encoded([[0]], ["0"], {})  # the batch's shapes come from the config
@@ -192,17 +183,14 @@ def compile_stage(config: ml_collections.ConfigDict, devices: Any, name: str = "
             else:
                 seconds = time.perf_counter() - t0
                 mem, hlo = compiled.memory_analysis(), compiled.as_text()
-                coll = hlo_collectives.count_collectives(hlo)
-                cost = roofline.cost(hlo, coll)
+                coll, unknown = hlo_collectives.count(hlo)
                 mib = 1 / 2**20
                 out.append(Compiled(
                     name or config.stage, config.stage, phase, seconds,
                     mem.argument_size_in_bytes * mib, mem.output_size_in_bytes * mib,
                     mem.temp_size_in_bytes * mib, mem.generated_code_size_in_bytes * mib,
                     collectives={k: (v.count, v.bytes * mib) for k, v in coll.items()},
-                    flops=cost.flops, hbm_gib=cost.hbm_bytes / 2**30,
-                    ici_gib=cost.wire_bytes / 2**30, chip=chip,
-                    unknown_loops=hlo_collectives.unknown_trip_counts(hlo)))
+                    cost=roofline.cost(hlo, coll), chip=chip, unknown_loops=unknown))
             carry = jax.eval_shape(fn, c.abstract, carry, *frozen)
     return out
 
@@ -261,8 +249,8 @@ def table(rows: list[Compiled]) -> str:
         cells = [f"{n} / {mib:,.1f}" for n, mib in (r.collectives.get(k, (0, 0.0))
                                                      for k in kinds)]
         line = (f"| {r.stage} ({r.kind}) | {r.phase} | " + " | ".join(cells) +
-                f" | {r.collective_mib:,.1f} | {r.flops / 1e12:,.3f} | {r.hbm_gib:,.2f} | "
-                f"{r.ici_gib:,.3f}")
+                f" | {r.collective_mib:,.1f} | {r.cost.flops / 1e12:,.3f} | "
+                f"{r.cost.hbm_bytes / 2**30:,.2f} | {r.cost.wire_bytes / 2**30:,.3f}")
         if chip:
             t = r.bound()
             line += (f" | {t['t_compute']:.4f} | {t['t_memory']:.4f} | {t['t_network']:.4f} | "

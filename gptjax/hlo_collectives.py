@@ -209,7 +209,7 @@ def walk(hlo: str) -> tuple[list[Visit], int]:
 
 def count_collectives(hlo: str) -> dict[str, Collective]:
     """{kind: Collective(count, bytes, permutes)} executed per run of the module's entry."""
-    return _count(hlo)[0]
+    return count(hlo)[0]
 
 
 def unknown_trip_counts(hlo: str) -> int:
@@ -217,7 +217,8 @@ def unknown_trip_counts(hlo: str) -> int:
     return walk(hlo)[1]
 
 
-def _count(hlo: str) -> tuple[dict[str, Collective], int]:
+def count(hlo: str) -> tuple[dict[str, Collective], int]:
+    """(`count_collectives`, `unknown_trip_counts`) from one walk of the HLO."""
     visits, unknown = walk(hlo)
     out = {k: Collective() for k in KINDS}
     for v in visits:

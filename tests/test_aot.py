@@ -25,7 +25,7 @@ def test_grpo_phases_compile_with_collectives_that_follow_the_layout():
     assert list(dp) == list(fsdp) == ["rollout", "scoring", "update"]  # no host "reward" row
     for rows in (dp, fsdp):
         for r in rows.values():
-            assert not r.error and r.total_mib > 0 and r.flops > 0 and r.hbm_gib > 0
+            assert not r.error and r.total_mib > 0 and r.cost.flops > 0 and r.cost.hbm_bytes > 0
     # dp: parameters replicated; the update all-reduces the gradient, nothing is gathered
     assert all(r.collectives["all-gather"][0] == 0 for r in dp.values())
     assert dp["update"].collectives["all-reduce"][1] > 0

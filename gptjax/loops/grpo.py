@@ -126,9 +126,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
               f"prompts, {test.stats['kept']} held out ({train.stats['too_long']} too long for "
               f"{width} tokens, {train.stats['not_encodable']} not encodable); rewards {weights}",
               flush=True)
-    rc = rollout.RolloutConfig(
-        samples_per_prompt=g.samples_per_prompt, max_new_tokens=n_new, temperature=g.temperature,
-        top_k=g.top_k, top_p=g.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
+    rc = rollout.RolloutConfig.of(g, special_id(s.tokenizer, END_OF_TURN))
     return Setup(s.cfg, s.tokenizer, s.params, weights, scorer and scorer.cfg,
                  scorer and jax.device_get(scorer.params), task, train, test, rc, hparams(config),
                  s.init_step)

@@ -155,9 +155,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
             print(f"ppo pretraining data: {corpus.source}, {len(corpus.train)} training tokens"
                   + ("" if p.ptx_coef else " (ptx_coef 0: its held-out loss is only watched)"),
                   flush=True)
-    rc = rollout.RolloutConfig(
-        samples_per_prompt=p.samples_per_prompt, max_new_tokens=n_new, temperature=p.temperature,
-        top_k=p.top_k, top_p=p.top_p, eos_id=special_id(s.tokenizer, END_OF_TURN))
+    rc = rollout.RolloutConfig.of(p, special_id(s.tokenizer, END_OF_TURN))
     spec = iteration.Spec(s.cfg, scorer.cfg, rc, ppo_hparams(config), p.truncated,
                           p.truncated_penalty, bool(p.normalize_scores), float(p.score_clip),
                           bool(p.center_critic), ptx=bool(p.ptx_coef))

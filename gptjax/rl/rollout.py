@@ -51,6 +51,14 @@ class RolloutConfig:
     eos_id: int | None = None  # e.g. the chat format's <|end|>
     reward_offset: float = 0.0  # subtracted from raw reward-model scores (see reward_model.load)
 
+    @classmethod
+    def of(cls, section: Any, eos_id: int | None) -> "RolloutConfig":
+        """The sampling settings of a config section that has them (`ppo`, `grpo`)."""
+        return cls(samples_per_prompt=int(section.samples_per_prompt),
+                   max_new_tokens=int(section.max_new_tokens),
+                   temperature=float(section.temperature), top_k=int(section.top_k),
+                   top_p=float(section.top_p), eos_id=eos_id)
+
 
 class RolloutParams(NamedTuple):
     """The four models' parameters: policy (trained), ref (the frozen SFT model), value
