@@ -1,5 +1,5 @@
 """How a failed checkpoint save is reported: its root cause in one line, and the echoes of the
-failure that orbax and tensorstore print from their background threads silenced.
+failure that orbax, tensorstore and asyncio print from their background threads silenced.
 """
 
 from __future__ import annotations
@@ -28,11 +28,34 @@ class _QuietOrbaxErrors(logging.Filter):
         return True
 
 
+def _raised_in_orbax(exc_info: Any) -> bool:
+    tb = exc_info[2] if isinstance(exc_info, tuple) else None
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _QuietUnretrievedOrbaxErrors(logging.Filter):
+    """When tensorstore's writes fail (a full disk), orbax gathers them with asyncio, and the
+    gather's future is dropped once the first error reached the main thread. When it is
+    garbage-collected, asyncio logs "_GatheringFuture exception was never retrieved" with the
+    write's traceback, once per failed write and at no fixed time. Those records, and only those
+    whose exception was raised through orbax's code, are dropped: they are echoes of the
+    failure Checkpointer reports in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("exception was never retrieved" in str(record.msg)
+                    and _raised_in_orbax(record.exc_info))
+
+
 def quiet_orbax_errors() -> None:
-    """Install both filters (once per process)."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
-        logger.addFilter(_QuietOrbaxErrors())
+    """Install the three filters (once per process)."""
+    for name, kind in (("absl", _QuietOrbaxErrors), ("asyncio", _QuietUnretrievedOrbaxErrors)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     if getattr(sys.unraisablehook, "__name__", "") != _drop_closed_loop_echoes.__name__:
         _drop_closed_loop_echoes.previous = sys.unraisablehook
         sys.unraisablehook = _drop_closed_loop_echoes
