@@ -89,7 +89,8 @@ def main() -> None:
             return sum(vals) / len(vals) if vals else float("nan")
         train = [x for x in m if x["step"] > 0]
         print(f"| {coef:g} | {mean('score', train[:10]):.3f} | {mean('score', train[-10:]):.3f} | "
-              f"{mean('rm_score', train[-10:]):.3f} | {mean('kl', train[-10:]):.2f} | {evals[0]['val_ptx_loss']:.4f} (it {evals[0]['step']})"
+              f"{mean('rm_score', train[-10:]):.3f} | {mean('kl', train[-10:]):.2f} | "
+              f"{evals[0]['val_ptx_loss']:.4f} (it {evals[0]['step']})"
               f" | {evals[-1]['val_ptx_loss']:.4f} (it {evals[-1]['step']}) | "
               f"{mean('ptx_loss', train[-10:]):.4f} | {mean('truncated', train[-10:]):.2f} | "
               f"{seconds:.0f} |")

@@ -214,7 +214,7 @@ def run_loop(spec: dict[str, Any]) -> dict[str, Any]:
     # every call dispatched without waiting for the previous one (one wait at the end).
     keys = jax.random.split(key, (k, b))  # the (K, B) grid `rollout.sample` splits
     one_prompt = [(jnp.asarray(prompts_np[i:i + 1]), jnp.full((1,), spec["prompt_len"],
-                                                               jnp.int32)) for i in range(b)]
+                                                              jnp.int32)) for i in range(b)]
     one_key = [[keys[j, i][None] for j in range(k)] for i in range(b)]
 
     def loop():

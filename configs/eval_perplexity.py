@@ -1,7 +1,7 @@
 """Stage `eval`: perplexity on the SFT data's held-out conversations (assistant tokens only).
 
-    python -m gptjax.eval --config configs/eval_perplexity.py --config.eval.models=runs/sft,runs/ppo \
-        --workdir runs/eval_ppl
+    python -m gptjax.eval --config configs/eval_perplexity.py \
+        --config.eval.models=runs/sft,runs/ppo --workdir runs/eval_ppl
 
 Or on a text file (`--config.eval.perplexity.sft_mixture= --config.eval.perplexity.text_path=F`)
 or on a prepare run's validation shards (`...prepared_dir=runs/prepare`).

@@ -29,7 +29,7 @@ from gptjax.streaming import TokenPrinter
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = ArgumentParser(prog="python -m gptjax.chat", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, help="a gptjax training workdir")
     ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     ap.add_argument("--top_k", type=int, default=0, help="0 = off")

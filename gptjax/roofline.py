@@ -31,6 +31,8 @@ from gptjax import hlo_collectives
 # /tpu/docs/v5p, key specifications tables): bf16 peak, HBM capacity and bandwidth, and the
 # "Interchip Interconnect BW" (1,600 / 4,800 Gbps: half the bidirectional 400 / 1,200 GB/s), the
 # rate at which a chip can send over all its links at once.
+
+
 @dataclasses.dataclass(frozen=True)
 class Chip:
     name: str

@@ -27,7 +27,7 @@ def test_config_loads_and_validates(name):
     assert config.is_locked  # unknown keys are errors
     cfg = config_lib.gpt_config(config)
     shapes = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0),
-                                                 jnp.zeros((1, 8), jnp.int32)))
+                                                  jnp.zeros((1, 8), jnp.int32)))
     n = sum(x.size for x in jax.tree.leaves(shapes))
     padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
     assert n - padding == cfg.num_params(non_embedding=False)

@@ -136,6 +136,7 @@ def test_prepare_char_corpus_splits_and_caches(tmp_path):
     assert splits.tokenizer.vocab_size == len(set(text)) + len(SPECIAL_TOKENS)
 
     names = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
+
     def stamps():  # a rewrite replaces the file: new inode, new mtime
         return {n: (st.st_ino, st.st_mtime_ns)
                 for n, st in ((n, os.stat(os.path.join(out, n))) for n in names)}

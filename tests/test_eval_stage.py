@@ -164,7 +164,7 @@ def test_planted_judge_prefers_the_model_that_has_the_feature(wd, tmp_path):
     # always raises the judge's '1' share, so A wins every comparison.
     assert w["prompts_skipped"] == {wd["a"]: 1, wd["b"]: 1}
     assert (w["prompts"], w["comparisons"], w["wins"], w["ties"], w["losses"]) == (11, 22, 22,
-                                                                                  0, 0)
+                                                                                   0, 0)
     assert w["win_rate"] == 1.0 and w["ci_low"] == w["ci_high"] == 1.0
     assert w["mean_length_a"] == w["mean_length_b"] == 1.0  # "1" and "b"
     assert w["length_matched"]["win_rate"] == 1.0 and w["length_matched"]["comparisons"] == 22

@@ -128,7 +128,7 @@ class CountsOnes:
         return np.array([a.count("1") for a in answers], np.float32)
 
 
-def test_gold_in_the_eval_stage_overrules_digit_answers(wd, tmp_path):
+def test_gold_in_the_eval_stage_overrules_digit_answers(wd, tmp_path):  # noqa: F811
     """The eval stage's planted models: A answers "1", B answers "b". CountsOnes alone would
     prefer A in every comparison; the gold around it fails A's all-digit answers, so B (the
     model with the planted feature of a passing answer) wins every one."""

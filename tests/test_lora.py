@@ -127,4 +127,3 @@ def test_reward_tuning_trains_adapters_the_new_head_and_lora_train_groups(tmp_pa
 def test_bad_targets_and_ranks(spec, message):
     with pytest.raises(GptjaxError, match=message):
         lora.sites(GPT(CFG), spec, jnp.zeros((1, 4), jnp.int32))
-

@@ -137,7 +137,7 @@ def test_padded_vocab_logits(params, tokens):
 
 
 @pytest.mark.parametrize("vocab,multiple,padded", [(50257, 128, 50304), (65, 64, 128),
-                                                    (128, 128, 128), (1, 8, 8)])
+                                                   (128, 128, 128), (1, 8, 8)])
 def test_padded_vocab_size(vocab, multiple, padded):
     cfg = GPTConfig(vocab_size=vocab, vocab_multiple=multiple)
     assert cfg.padded_vocab_size == padded

@@ -94,7 +94,7 @@ def test_two_processes_match_one_process_and_continue_on_one_device(tmp_path):
     assert "gptjax pretrain" not in p1 and "stopped at step" not in p1
     data = sorted(os.listdir(two / "checkpoints" / "10" / "data"))
     assert [f for f in data if f.endswith(".json")] == ["process_0-of-2.json",
-                                                         "process_1-of-2.json"]
+                                                        "process_1-of-2.json"]
 
     # The 2-process checkpoint, resharded onto 1 device: sampling, and training on.
     r = run_cli("gptjax.sample", "--workdir", str(two), "--prompt", "ROMEO:",
@@ -148,6 +148,7 @@ def test_dead_process_stops_the_other_and_the_run_resumes(tmp_path):
     assert last is not None and last >= 10
     # Relaunched, both processes resume from the last checkpoint. Then Ctrl-C to the launcher:
     # every process must stop after the same step and save it together.
+
     def logged_lines():  # complete lines only: process 0 may be writing one
         return (wd / "metrics.jsonl").read_text().count("\n")
 

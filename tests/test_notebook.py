@@ -37,7 +37,8 @@ def test_the_colab_notebook_runs_top_to_bottom(small_pipeline, tmp_path, monkeyp
     outputs = {i: "".join(o.get("text", "") for o in c.get("outputs", []))
                for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     text = "\n".join(outputs.values())
-    assert "stage 8 of 8: eval_ppo (eval)" in text and "stage 7 of 8: eval_sft: done earlier" in text
+    assert "stage 8 of 8: eval_ppo (eval)" in text
+    assert "stage 7 of 8: eval_sft: done earlier" in text
     assert "ppo over sft (judge judge)" in text
     images = sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                  for c in nb.cells for o in c.get("outputs", []))

@@ -103,6 +103,7 @@ def test_killed_during_sft_resumes_there_and_reports_the_same_numbers(small_pipe
     assert "stage 3 of 3: sft (sft) in" in r.stderr and "(resuming)" in r.stderr
     assert re.search(r"gptjax sft: .*resumed at step (10|20|30)", r.stderr)
     assert json.load(open(os.path.join(wd, "sft", "pipeline_stage.json")))["done"]
+
     def losses(root):
         return {r["step"]: (r.get("loss"), r.get("val_loss"))
                 for r in metrics(os.path.join(root, "sft"))}

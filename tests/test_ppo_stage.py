@@ -235,7 +235,7 @@ def test_ppo_lora_trains_policy_adapters_and_the_critic(workdirs, tmp_path):
     moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
     # Adam's two moments over the adapters and the critic (trained in full), none for the base
     assert sum(np.size(x) for x in moments) == 2 * (n_adapters
-                                                   + lora.num_params(state.value_params))
+                                                    + lora.num_params(state.value_params))
     rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     kl = [m["kl"] for m in rows if "kl" in m]
     assert len(kl) == 2 and kl[0] == 0.0 and kl[1] != 0.0, kl

@@ -264,7 +264,7 @@ def test_pretrain_on_prepared_shards(prepared, tmp_path):
                 "--workdir", str(wd))
     assert r.returncode == 0, r.stderr
     with open(wd / "tokenizer.json") as a, open(os.path.join(result.out_dir,
-                                                            "tokenizer.json")) as b:
+                                                             "tokenizer.json")) as b:
         assert json.load(a) == json.load(b)  # the workdir is self-contained
     records = [json.loads(line) for line in open(wd / "metrics.jsonl")]
     assert np.isfinite(records[-1]["val_loss"])

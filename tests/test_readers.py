@@ -48,7 +48,7 @@ def test_expand_inputs_dirs_globs_and_order(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = expand_inputs([str(tmp_path)])
     assert [f.removeprefix(str(tmp_path) + "/") for f in found] == ["a.txt", "b.jsonl",
-                                                                   "sub/c.json.gz"]
+                                                                    "sub/c.json.gz"]
     assert expand_inputs([str(tmp_path / "*.txt"), str(tmp_path / "a.txt")]) == [
         str(tmp_path / "a.txt")]  # listed once
 

@@ -47,7 +47,7 @@ def test_ranking_loss_by_hand_for_k_2_3_4_with_ties():
     for sc, rk, want in zip(scores, ranks, (k2, k3, k4)):
         s1, p1, v1 = _batch([sc], [rk])
         assert float(losses.ranking_loss(s1, p1, jnp.asarray(v1))[0]) == pytest.approx(want,
-                                                                                         rel=1e-6)
+                                                                                       rel=1e-6)
     # Reversed scores get every labeled pair wrong (the tied pair counts neither way).
     s_rev, _, _ = _batch([[-x for x in sc] for sc in scores], ranks)
     assert float(losses.ranking_loss(s_rev, pref, jnp.asarray(valid))[1]["accuracy"]) == 0.0

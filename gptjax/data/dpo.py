@@ -96,4 +96,3 @@ def load(root: str, mixture: str, tok: Tokenizer, seq_len: int, val_fraction: fl
         data.weights.append(weights[name])
         data.val.extend(va)
     return data
-

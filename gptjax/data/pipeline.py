@@ -66,7 +66,7 @@ def filter_documents(docs: Iterable[Document], p: Any, report: Report) -> Iterat
         report.cleaning["characters_removed"] += max(len(raw) - len(text), 0)
         n = len(text)
         rule = "empty" if not text.strip() else filters.length_rule(text, f.min_chars,
-                                                                     f.max_chars)
+                                                                    f.max_chars)
         if rule:
             report.remove(rule, n)
             continue

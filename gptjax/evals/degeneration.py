@@ -116,4 +116,3 @@ def summary(answers: Sequence[str], stopped: Sequence[bool] | None = None,
             raise ValueError(f"stopped has {len(stopped)} entries for {len(answers)} answers")
         out["truncated_fraction"] = truncated_fraction(stopped)
     return out
-

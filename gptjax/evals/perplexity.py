@@ -123,7 +123,7 @@ def on_sft_heldout(model: TrainedModel, root: str, mixture: str, val_fraction: f
     split of `gptjax.data.sft` (seed 0), computed over the conversations this model's tokenizer
     and context can hold, so for the SFT run's own model it is that run's held-out set."""
     _, _, val, _ = sft_data.load(root, mixture, model.tokenizer, model.cfg.block_size,
-                                     val_fraction)
+                                 val_fraction)
     # The chat loss mask is per token (1 on what the assistant produces): a row's weights.
     rows = [(ids, np.asarray(mask, np.float32)) for ids, mask in val]
     return {**_evaluate(model, rows, batch), "source": f"{mixture} (held-out {val_fraction})",

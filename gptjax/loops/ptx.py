@@ -80,8 +80,8 @@ def load(config: ml_collections.ConfigDict, tok: Tokenizer) -> Corpus | None:
     if with_special_tokens(splits.tokenizer).to_json() != with_special_tokens(tok).to_json():
         raise GptjaxError(
             f"the ptx data ({source}) is tokenized with another tokenizer "
-            f"({splits.tokenizer.kind}, {splits.tokenizer.vocab_size} tokens) than the policy ({tok.kind}, "
-            f"{tok.vocab_size} tokens): its ids would be other tokens. Point "
+            f"({splits.tokenizer.kind}, {splits.tokenizer.vocab_size} tokens) than the policy "
+            f"({tok.kind}, {tok.vocab_size} tokens): its ids would be other tokens. Point "
             "--config.ppo.ptx_data at the data the policy was pretrained on, or at a text file")
     need = config_lib.seq_len(config) + 1
     for name, split in (("training", splits.train), ("validation", splits.val)):

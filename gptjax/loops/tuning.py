@@ -141,4 +141,3 @@ def make(config: ml_collections.ConfigDict, workdir: str, module: nn.Module, ini
         "base_key": base_key, "full": ["/".join(p) for p in full]})
     return Tuning(spec, init, None, trainer.Frozen(frozen_init, lambda: {
         "base": lora.drop(base, full)}), tuple(full), trainable, total)
-

@@ -37,6 +37,7 @@ from gptjax.model import GPT, GPTConfig
 from gptjax.rl import monitors, ppo, rollout
 from gptjax.rl.policy import Policy
 
+
 @flax.struct.dataclass
 class PPOState:
     step: jax.Array  # int32 scalar: PPO iterations done
