@@ -136,7 +136,7 @@ def stage_and_batch(config: ml_collections.ConfigDict):
         one = tasks.Encoded([[0]], ["0"], {})  # the batch's shapes come from the config
         su = grpo.Setup(mcfg, tok, None, weights, mcfg if rm else None, {} if rm else None,
                         task, one, tasks.Encoded([], [], {}), rc, grpo.hparams(config))
-        b, width = int(g.batch_prompts), grpo.prompt_width(config)
+        b, width = int(g.batch_prompts) * int(g.oversample), grpo.prompt_width(config)
         return grpo.stage(config, su, ""), {
             "prompts": ((b, width), jnp.int32), "lengths": ((b,), jnp.int32),
             "index": ((b,), jnp.int32)}
@@ -247,7 +247,7 @@ def table(rows: list[Compiled]) -> str:
               "|---|---|" + "---:|" * (len(kinds) + 4 + 4 * bool(chip))]
     for r in done:
         cells = [f"{n} / {mib:,.1f}" for n, mib in (r.collectives.get(k, (0, 0.0))
-                                                     for k in kinds)]
+                                                    for k in kinds)]
         line = (f"| {r.stage} ({r.kind}) | {r.phase} | " + " | ".join(cells) +
                 f" | {r.collective_mib:,.1f} | {r.cost.flops / 1e12:,.3f} | "
                 f"{r.cost.hbm_bytes / 2**30:,.2f} | {r.cost.wire_bytes / 2**30:,.3f}")

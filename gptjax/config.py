@@ -273,8 +273,11 @@ def grpo_config() -> ml_collections.ConfigDict:
     # reward_model (the model of grpo.reward_from), e.g. "exact_match:1,format:0.1"
     g.rewards = "exact_match:1"
     g.reward_from = ""
-    g.batch_prompts = 16  # prompts per iteration
+    g.batch_prompts = 16  # prompts per iteration (the update's groups)
     g.samples_per_prompt = 8  # K answers per prompt (>= 2: the group)
+    # Dynamic sampling (DAPO's, at a fixed shape): the rollout answers oversample x batch_prompts
+    # prompts and the update keeps batch_prompts groups, those whose K rewards differ first
+    g.oversample = 1
     g.max_new_tokens = 64
     g.max_prompt_tokens = 0  # 0 = block_size - max_new_tokens
     g.temperature = 1.0

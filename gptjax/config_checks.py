@@ -8,7 +8,7 @@ from typing import Any
 
 import ml_collections
 
-from gptjax import lora, losses
+from gptjax import losses
 from gptjax.data import formats
 from gptjax.errors import GptjaxError
 
@@ -17,8 +17,6 @@ TRUNCATED = ("penalty", "end", "mask", "none")  # ppo.truncated (gptjax/rl/itera
 DPO_REFERENCE = ("per_batch", "precomputed")  # dpo.reference (gptjax/loops/dpo.py)
 LORA_STAGES = ("sft", "reward", "dpo", "grpo", "ppo")  # the stages that train LoRA adapters
 RL_LORA_STAGES = ("grpo", "ppo")  # ... whose ratio pi / pi_old needs the adapters without dropout
-
-
 
 
 def seq_len(config: ml_collections.ConfigDict) -> int:
@@ -113,6 +111,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} is longer than model.block_size={m.block_size}: "
             "the position embedding has no rows past block_size. Lower data.seq_len or raise "
             "model.block_size.")
+
+
 def validate_dpo(d: ml_collections.ConfigDict) -> None:
     """The dpo section's checks."""
     if d.loss not in losses.DPO_LOSSES:
@@ -217,9 +217,10 @@ def validate_grpo(config: ml_collections.ConfigDict) -> None:
     from gptjax.rl import grpo, verifiers
     g = config.grpo
     verifiers.parse_rewards(g.rewards)  # unknown reward names: one line
-    if g.batch_prompts < 1 or g.epochs < 1 or g.samples_per_prompt < 2:
+    if g.batch_prompts < 1 or g.epochs < 1 or g.samples_per_prompt < 2 or g.oversample < 1:
         raise GptjaxError(f"grpo.samples_per_prompt={g.samples_per_prompt} must be >= 2 (a "
-                          "group to compare with) and grpo.batch_prompts, grpo.epochs >= 1")
+                          "group to compare with) and grpo.batch_prompts, grpo.epochs, "
+                          f"grpo.oversample (={g.oversample}) >= 1")
     rows = g.batch_prompts * g.samples_per_prompt
     if g.num_minibatches < 1 or rows % g.num_minibatches:
         raise GptjaxError(f"grpo.num_minibatches={g.num_minibatches} must divide the {rows} "

@@ -47,6 +47,22 @@ def test_group_advantages_refuse_one_answer():
         grpo.group_advantages(R, 1)
 
 
+def test_informative_groups_keeps_groups_whose_rewards_differ_first():
+    # 4 groups of K = 2: flat, differing, flat, differing
+    r = jnp.array([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.5])
+    seen = set()
+    for seed in range(8):
+        rows = np.asarray(grpo.informative_groups(r, 2, 2, jax.random.key(seed)))
+        assert sorted(rows.tolist()) == [2, 3, 6, 7]
+        assert rows[0] % 2 == 0 and rows[1] == rows[0] + 1  # groups stay whole, in order
+        seen.add(int(rows[0]))
+        three = np.asarray(grpo.informative_groups(r, 2, 3, jax.random.key(seed)))
+        assert {2, 3, 6, 7} <= set(three.tolist()) and len(set(three.tolist())) == 6
+    assert seen == {2, 6}  # the order among the informative groups is random
+    with pytest.raises(ValueError, match="cannot keep 5 of 4"):
+        grpo.informative_groups(r, 2, 5, jax.random.key(0))
+
+
 # Two answers of N = 3 slots: lengths 3 and 1; A = (1, -2).
 MASK = jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 ADV = jnp.array([1.0, -2.0])
@@ -162,7 +178,7 @@ def test_score_counts_unparsed_answers():
 
 def test_reward_spec_errors_are_one_line():
     assert verifiers.parse_rewards("exact_match:1, format:0.1") == {"exact_match": 1.0,
-                                                                     "format": 0.1}
+                                                                    "format": 0.1}
     for bad in ("exact_match:1,bleu:1", "format:x", ""):
         with pytest.raises(RewardSpecError) as e:
             verifiers.parse_rewards(bad)

@@ -108,10 +108,27 @@ def test_grpo_counts_answers_no_verifier_can_parse(inputs, tmp_path):
     assert all(m["reward"] == 0.0 and m["advantage_abs"] == 0.0 for m in steps)
 
 
+def test_oversampling_keeps_the_groups_whose_rewards_differ(inputs, tmp_path):
+    """grpo.oversample=2: 16 prompts answered, 8 groups kept, flat ones only when fewer than 8
+    differ: the kept share of flat groups is max(0, 2 z - 1) for a sampled share z."""
+    sft, _, task = inputs
+    r = run_cli(*grpo_args(sft, task, tmp_path / "run", 8, "--config.grpo.oversample=2",
+                           "--config.grpo.eval_prompts=0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "16 x 4 answers" in r.stdout + r.stderr and "8 groups kept" in r.stdout + r.stderr
+    steps = [m for m in _metrics(tmp_path / "run") if "zero_std_fraction_sampled" in m]
+    assert len(steps) == 8
+    for m in steps:
+        z = m["zero_std_fraction_sampled"]
+        assert m["zero_std_fraction"] == pytest.approx(max(0.0, 2 * z - 1), abs=1e-6), m
+    assert any(0 < m["zero_std_fraction_sampled"] for m in steps)
+
+
 @pytest.mark.parametrize("flag,needle", [
     ("--config.grpo.rewards=exact_match:1,bleu:1", "unknown reward 'bleu'"),
     ("--config.grpo.rewards=reward_model", "grpo.reward_from"),
     ("--config.grpo.samples_per_prompt=1", "samples_per_prompt=1 must be >= 2"),
+    ("--config.grpo.oversample=0", "grpo.oversample (=0) >= 1"),
 ])
 def test_bad_input_is_one_line(inputs, tmp_path, flag, needle):
     sft, _, task = inputs

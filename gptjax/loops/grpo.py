@@ -3,12 +3,15 @@
 `run(config, workdir)`: the policy and the frozen reference start from `config.init_from` (an
 SFT workdir). Each iteration is four phases run by the one trainer (gptjax/loops/trainer.py):
 
-    rollout   K = grpo.samples_per_prompt answers to each of grpo.batch_prompts prompts of the
-              task (`rollout.sample`, vmapped over K), under the training mesh
+    rollout   K = grpo.samples_per_prompt answers to each of grpo.oversample x
+              grpo.batch_prompts prompts of the task (`rollout.sample`, vmapped over K), under
+              the training mesh
     reward    on the host: the answers decoded and checked (`verifiers.score`: final-number
               exact match, format), unparsable answers counted
-    scoring   old and reference log-probs, the reward model's score when grpo.rewards names it,
-              the weighted reward, group advantages (`grpo.make_batch`), the monitors
+    scoring   the reward model's score when grpo.rewards names it, the weighted reward; with
+              oversample > 1 the batch_prompts groups the update keeps (`grpo.
+              informative_groups`: those whose rewards differ first); old and reference
+              log-probs, group advantages (`grpo.make_batch`), the monitors
     update    grpo.epochs x grpo.num_minibatches clipped steps (`ppo.ppo_update` with the GRPO
               loss of `grpo.make_loss_fn`)
 
@@ -63,7 +66,7 @@ def hparams(config: ml_collections.ConfigDict) -> grpo.GRPOConfig:
         samples_per_prompt=g.samples_per_prompt, advantage=g.advantage, scale=g.scale,
         beta=g.beta, kl_kind=g.kl_kind, kl_in=g.kl_in, aggregation=g.aggregation,
         clip_low=g.clip_low, clip_high=g.clip_high, mask_truncated=g.mask_truncated,
-        epochs=g.epochs, num_minibatches=g.num_minibatches)
+        epochs=g.epochs, num_minibatches=g.num_minibatches, oversample=g.oversample)
 
 
 def prompt_width(config: ml_collections.ConfigDict) -> int:
@@ -169,6 +172,15 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
     def keys(state):
         return jax.random.split(jax.random.fold_in(base, state.step))
 
+    def kept_rows(rewards, step):
+        """Rows of the groups the update keeps (None without oversampling: all of them)."""
+        if hp.oversample == 1:
+            return None
+        key = jax.random.fold_in(jax.random.fold_in(base, step), 2)
+        groups = rewards.shape[0] // hp.samples_per_prompt
+        return grpo.informative_groups(rewards, hp.samples_per_prompt,
+                                       groups // hp.oversample, key)
+
     def rollout_phase(state, batch, frozen=None):
         s = rollout.sample(policy.sampling_params(state.params, sft(frozen)), cfg,
                            batch["prompts"], batch["lengths"], keys(state)[0], rc, mesh, rules)
@@ -184,8 +196,25 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
 
     def scoring_phase(state, carry, frozen=None):
         tokens, plen, rlen = carry["tokens"], carry["prompt_lengths"], carry["response_lengths"]
-        mask = rollout.response_mask(rlen, n)
+        rewards = carry["host_reward"]
+        stats = {}
+        if rm_weight:
+            rm = rollout.reward_scores(frozen["reward"], su.reward_cfg, tokens, plen, rlen, n)
+            rewards = rewards + rm_weight * rm
+            stats["rm_score"] = rm.mean()
         cut = monitors.truncated(tokens[:, -n:], rlen, rc.eos_id)
+        # every sampled answer's measures, before the update keeps its groups
+        stats.update({"exact_match": carry["exact_match"].mean(),
+                      "format": carry["format"].mean(), "unparsed": carry["unparsed"].mean(),
+                      "response_length": rlen.astype(jnp.float32).mean(),
+                      "truncated": cut.astype(jnp.float32).mean()})
+        rows = kept_rows(rewards, state.step)
+        if rows is not None:
+            stats["zero_std_fraction_sampled"] = grpo.group_advantages(
+                rewards, hp.samples_per_prompt)[1]["zero_std_fraction"]
+            tokens, plen, rlen, rewards, cut = (x[rows] for x in (tokens, plen, rlen, rewards,
+                                                                  cut))
+        mask = rollout.response_mask(rlen, n)
         # pi's own log-probs: pi_old of an off-policy update, or the KL put in the reward
         need_logp = not on_policy or (hp.beta and hp.kl_in == "reward")
         logp = (masked(policy.logprobs(state.params, sft(frozen), tokens, plen, n)[0], mask)
@@ -193,19 +222,9 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
         ref = jnp.zeros(mask.shape, jnp.float32)
         if hp.beta:
             ref = masked(rollout.policy_logprobs(frozen["ref"], cfg, tokens, plen, n)[0], mask)
-        rewards = carry["host_reward"]
-        stats = {}
-        if rm_weight:
-            rm = rollout.reward_scores(frozen["reward"], su.reward_cfg, tokens, plen, rlen, n)
-            rewards = rewards + rm_weight * rm
-            stats["rm_score"] = rm.mean()
         batch, grpo_stats = grpo.make_batch({"tokens": tokens, "prompt_lengths": plen}, mask,
                                             logp, ref, rewards, cut, hp)
         stats.update(grpo_stats)
-        stats.update({"exact_match": carry["exact_match"].mean(),
-                      "format": carry["format"].mean(), "unparsed": carry["unparsed"].mean(),
-                      "response_length": rlen.astype(jnp.float32).mean(),
-                      "truncated": cut.astype(jnp.float32).mean()})
         return {"batch": batch, "stats": stats}
 
     def update_phase(state, carry, frozen=None):
@@ -267,7 +286,9 @@ def report_eval(workdir: str, su: Setup, logged: int, step: int, out: dict[str, 
 
 
 def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer.Stage:
-    g, b, seed = config.grpo, int(config.grpo.batch_prompts), int(config.seed)
+    g, seed = config.grpo, int(config.seed)
+    groups = int(g.batch_prompts)  # the update's groups
+    b = groups * int(g.oversample)  # the prompts a rollout answers
     width, k = prompt_width(config), int(g.samples_per_prompt)
     pidx, pcount = jax.process_index(), jax.process_count()
     tx = make_optimizer(config.optim)
@@ -307,7 +328,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
 
     ev = None
     if su.test.ids:
-        n_eval = -(-len(su.test.ids) // b) * b  # rows: a multiple of the prompt batch
+        n_eval = -(-len(su.test.ids) // groups) * groups  # rows: a multiple of the data axis
         tokens, lengths = sampling.left_pad(
             [su.test.ids[i % len(su.test.ids)] for i in range(n_eval)], width)
         ev = trainer.Eval(make=lambda layout: make_eval(su, seed, layout, policy),
@@ -315,6 +336,7 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
                           at_start=bool(g.eval_at_start),
                           report=lambda step, out: report_eval(workdir, su, g.samples_logged,
                                                                step, out))
+
     def start(params):
         if tune.spec is None:  # the SFT model's parameters, copied (the reference keeps its own)
             return step_lib.train_state(jax.tree.map(jnp.copy, params), tx)
@@ -326,12 +348,14 @@ def stage(config: ml_collections.ConfigDict, su: Setup, workdir: str) -> trainer
         init=lambda rng: step_lib.train_state(tune.init(rng), tx),
         make_step=lambda layout: make_phases(su, tx, lr_schedule(config.optim), seed, layout,
                                              policy),
-        rows=b, rows_key="grpo.batch_prompts", data=trainer.Data(batch), frozen=frozen,
+        rows=groups, rows_key="grpo.batch_prompts", data=trainer.Data(batch), frozen=frozen,
         start=start, initial=tune.initial, eval=ev, finite=("loss", "reward"),
         show=("reward", "exact_match"), tokens_per_step=b * k * (width + su.rc.max_new_tokens),
         num_params=su.cfg.num_params(non_embedding=False),
         describe=(f"task {su.task.name}, {len(su.train.ids)} prompts, {b} x {k} answers of <= "
-                  f"{su.rc.max_new_tokens} tokens per iteration, {su.hp.advantage} advantages "
+                  f"{su.rc.max_new_tokens} tokens per iteration"
+                  + (f" ({groups} groups kept, those whose rewards differ first)"
+                     if b > groups else "") + f", {su.hp.advantage} advantages "
                   f"scaled by {su.hp.scale}, beta {su.hp.beta} ({su.hp.kl_kind} in the "
                   f"{su.hp.kl_in}), {tune.describe()}"),
         fix_divergence="Lower optim.lr or raise grpo.beta, then rerun to resume from it.")

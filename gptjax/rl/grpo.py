@@ -18,6 +18,13 @@ std is Bessel-corrected (TRL's), eps = 1e-4. A group whose K rewards are all equ
 under every rule: it teaches nothing, and `zero_std_groups` counts it. The advantage of an
 answer is the same on each of its tokens.
 
+Dynamic sampling at a fixed shape (`informative_groups`; DAPO, Yu et al. 2025, resamples until
+the batch holds G groups whose rewards differ): the rollout answers oversample x G prompts and
+the update keeps G groups, those whose K rewards differ first, in a random order, then flat
+ones if there are not G informative ones. Flat groups cost a forward and backward and give no
+gradient, so with half the groups flat (a policy right on about 0.1 or 0.9 of the answers)
+an update on G kept groups carries up to twice the signal of one on G sampled ones.
+
 The loss per token (`token_losses`), with rho_t = pi(y_t) / pi_old(y_t):
 
     l_t = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A)  [+ beta * KL_t]
@@ -80,6 +87,7 @@ class GRPOConfig:
     mask_truncated: bool = False  # answers cut at max_new_tokens leave the loss (DAPO)
     epochs: int = 1  # passes over each rollout batch (GRPO's mu)
     num_minibatches: int = 1
+    oversample: int = 1  # rollout groups per kept group (`informative_groups`)
 
 
 class Batch(NamedTuple):
@@ -124,6 +132,18 @@ def group_advantages(rewards: Array, k: int, advantage: str = "group", scale: st
              "zero_std_fraction": flat.mean(),
              "reward_std_group": std_g.mean()}
     return adv.reshape(-1), stats
+
+
+def informative_groups(rewards: Array, k: int, keep: int, key: Array) -> Array:
+    """Row indices (keep * k,) of `keep` of the B / k groups of k answers in rewards (B,):
+    groups whose rewards differ first, in a random order (from key), then flat ones. Rows of a
+    group stay together and prompt-major, so the result is a batch of `keep` groups."""
+    r = rewards.astype(jnp.float32).reshape(-1, k)  # (G, K)
+    if keep > r.shape[0]:
+        raise ValueError(f"cannot keep {keep} of {r.shape[0]} groups")
+    varies = jnp.any(r != r[:, :1], axis=-1).astype(jnp.float32)
+    _, groups = jax.lax.top_k(varies + 0.5 * jax.random.uniform(key, varies.shape), keep)
+    return (groups[:, None] * k + jnp.arange(k)).reshape(-1)
 
 
 def kl_estimate(logprobs: Array, ref_logprobs: Array, kind: str) -> Array:
