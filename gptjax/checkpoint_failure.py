@@ -11,6 +11,10 @@ import sys
 from typing import Any
 
 
+def _orbax_code(code: Any) -> bool:
+    return f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
 class _QuietOrbaxErrors(logging.Filter):
     """orbax logs a failed background save as ERROR records with tracebacks, once per thread the
     error passes through, before the main thread sees the exception. `Checkpointer` reports
@@ -22,7 +26,7 @@ class _QuietOrbaxErrors(logging.Filter):
             return True
         frame = sys._getframe(1)
         while frame is not None:
-            if f"{os.sep}orbax{os.sep}" in frame.f_code.co_filename:
+            if _orbax_code(frame.f_code):
                 return False
             frame = frame.f_back
         return True
@@ -31,7 +35,7 @@ class _QuietOrbaxErrors(logging.Filter):
 def _raised_in_orbax(exc_info: Any) -> bool:
     tb = exc_info[2] if isinstance(exc_info, tuple) else None
     while tb is not None:
-        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        if _orbax_code(tb.tb_frame.f_code):
             return True
         tb = tb.tb_next
     return False

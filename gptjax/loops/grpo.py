@@ -210,8 +210,8 @@ def make_phases(su: Setup, tx, schedule, seed: int, layout: trainer.Layout,
                       "truncated": cut.astype(jnp.float32).mean()})
         rows = kept_rows(rewards, state.step)
         if rows is not None:
-            stats["zero_std_fraction_sampled"] = grpo.group_advantages(
-                rewards, hp.samples_per_prompt)[1]["zero_std_fraction"]
+            stats["zero_std_fraction_sampled"] = grpo.flat_groups(
+                rewards, hp.samples_per_prompt).mean()
             tokens, plen, rlen, rewards, cut = (x[rows] for x in (tokens, plen, rlen, rewards,
                                                                   cut))
         mask = rollout.response_mask(rlen, n)

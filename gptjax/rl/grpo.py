@@ -100,6 +100,13 @@ class Batch(NamedTuple):
     advantages: Array  # (B,) A_i, one per answer
 
 
+def flat_groups(rewards: Array, k: int) -> Array:
+    """(G,) True where a group's k rewards are all equal (exactly: the float std of equal values
+    can be a rounding error above 0); rewards (B,) prompt-major."""
+    r = rewards.reshape(-1, k)
+    return jnp.all(r == r[:, :1], axis=-1)
+
+
 def group_advantages(rewards: Array, k: int, advantage: str = "group", scale: str = "group"
                      ) -> tuple[Array, dict[str, Array]]:
     """(A (B,), stats) from rewards (B,) of B / k groups of k answers (see the module
@@ -125,8 +132,7 @@ def group_advantages(rewards: Array, k: int, advantage: str = "group", scale: st
         adv = centred
     else:
         raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
-    # all equal: exactly 0 (the float std of K equal values can be a rounding error above 0)
-    flat = jnp.all(r == r[:, :1], axis=-1)
+    flat = flat_groups(r, k)  # all equal: exactly 0
     adv = jnp.where(flat[:, None], 0.0, adv)
     stats = {"zero_std_groups": flat.sum().astype(jnp.float32),
              "zero_std_fraction": flat.mean(),
@@ -138,10 +144,9 @@ def informative_groups(rewards: Array, k: int, keep: int, key: Array) -> Array:
     """Row indices (keep * k,) of `keep` of the B / k groups of k answers in rewards (B,):
     groups whose rewards differ first, in a random order (from key), then flat ones. Rows of a
     group stay together and prompt-major, so the result is a batch of `keep` groups."""
-    r = rewards.astype(jnp.float32).reshape(-1, k)  # (G, K)
-    if keep > r.shape[0]:
-        raise ValueError(f"cannot keep {keep} of {r.shape[0]} groups")
-    varies = jnp.any(r != r[:, :1], axis=-1).astype(jnp.float32)
+    varies = 1.0 - flat_groups(rewards, k).astype(jnp.float32)
+    if keep > varies.shape[0]:
+        raise ValueError(f"cannot keep {keep} of {varies.shape[0]} groups")
     _, groups = jax.lax.top_k(varies + 0.5 * jax.random.uniform(key, varies.shape), keep)
     return (groups[:, None] * k + jnp.arange(k)).reshape(-1)
 
