@@ -1,6 +1,6 @@
 """A GRPO iteration of gptjax next to TRL's GRPOTrainer, same shapes, in one run on this CPU.
 
-    python benchmarks/grpo_trl.py [--shapes small,gpt2_124m] [--rounds 3] [--iters 4]
+    python benchmarks/grpo_trl.py [--shapes small,long,gpt2_124m] [--rounds 3] [--iters 4]
         [--warmup 2] [--threads N] [--trl_python .venv-trl/bin/python] [--out grpo_trl.json]
 
 Both sides: a GPT-2 of the shape (random init; TRL: `transformers.GPT2LMHeadModel`), B prompts
@@ -39,6 +39,9 @@ SHAPES = {
     # a small model: the per-iteration overheads (Python, dispatch, decoding) matter most
     "small": dict(model=dict(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128),
                   prompts=8, samples=8, prompt_len=32, new_tokens=32),
+    # the same model, answers four times as long as the prompts (as reasoning answers are)
+    "long": dict(model=dict(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=128),
+                 prompts=8, samples=8, prompt_len=32, new_tokens=128),
     # GPT-2 124M: the matmuls matter most
     "gpt2_124m": dict(model=dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12,
                                  n_embd=768),
