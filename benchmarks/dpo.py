@@ -19,7 +19,10 @@ tokens/s counts the 2 x batch sequences of prompt + answer tokens a step reads. 
 worker's peak RSS, and for gptjax the compiled step's memory analysis (arguments + temporaries:
 parameters, optimizer state, the frozen reference and the activations).
 
-    python benchmarks/dpo.py [--rounds 2] [--steps 10] [--n_layer 4 --n_embd 128 ...]
+    .venv-trl/bin/python benchmarks/dpo.py [--rounds 2] [--steps 10] [--n_layer 4 --n_embd 128 ...]
+
+The Python that runs it must import both gptjax and TRL: `python3.11 -m venv .venv-trl &&
+.venv-trl/bin/pip install -e . torch==2.13.0 trl==1.16.0 transformers==5.24.0 datasets`.
 """
 
 from __future__ import annotations
