@@ -16,10 +16,10 @@ GRPO stops after --grpo_steps iterations or --minutes of wall time (SIGTERM: the
 and exits), whichever is first. Prints the curve (iteration, wall seconds, held-out exact match)
 as a markdown table and the gain over the SFT start. Then the judge of the claim: the SFT model
 and the GRPO run's last checkpoint each answer the same --heldout test problems (default 2,000,
-none of them seen in training), greedily and once sampled at T = 1, checked by the task's
-verifier; the gain comes with a 95% paired bootstrap interval over the problems. A rerun
-reuses finished stages (each stage resumes from its own workdir); --skip_to grpo reruns only
-GRPO into a fresh folder.
+the curve's 200 among them; none seen in training), greedily and once sampled at T = 1,
+checked by the task's verifier; the gain comes with a 95% paired bootstrap interval over the
+problems. A rerun reuses finished stages (each stage resumes from its own workdir); --skip_to
+grpo reruns only GRPO into a fresh folder.
 """
 
 from __future__ import annotations
